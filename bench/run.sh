@@ -1,0 +1,519 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark: hfgate against a direct upstream, nginx (plain proxy) and HAProxy (jwt_verify).
+# See bench/README.md. Everything listens on 127.0.0.1 and is stopped on exit.
+set -euo pipefail
+
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(dirname "$BENCH_DIR")
+ALL_TARGETS=(direct nginx haproxy-rs256 hfgate-rs256 haproxy-es256 hfgate-es256)
+
+usage() {
+  cat <<EOF
+Usage: bench/run.sh [--quick] [--build] [--targets LIST] [--help]
+
+Measures, in one run, requests/s and p50/p99 latency of:
+  direct          the fast upstream (nginx returning a small JSON body), no proxy
+  nginx           nginx as a plain reverse proxy (no authentication)
+  haproxy-rs256   HAProxy 2.6 checking an RS256 JWT with jwt_verify
+  haproxy-es256   HAProxy 2.6 checking an ES256 JWT with jwt_verify
+  hfgate-rs256    hfgate checking the same RS256 JWT
+  hfgate-es256    hfgate checking the same ES256 JWT
+The proxy under test runs on CPU \$BENCH_PROXY_CPU (0); wrk and the upstream on CPU \$BENCH_LOAD_CPU (1).
+
+Options:
+  --quick         short smoke run (1 s warm-up, 3 s measurement) unless the env overrides
+  --build         run 'cargo build --release' first when the hfgate binary is missing or older than src/
+  --targets LIST  comma-separated subset of: ${ALL_TARGETS[*]}
+
+Environment (defaults in brackets):
+  BENCH_DURATION [10]  seconds measured per target      BENCH_WARMUP [2]   warm-up seconds
+  BENCH_CONNECTIONS [64]  open connections               BENCH_THREADS [1]  wrk threads
+  BENCH_ROUNDS [1]     times the whole target list is measured; medians are reported
+  BENCH_PROXY_CPU [0]  BENCH_LOAD_CPU [1]                BENCH_PORT_BASE [18400]
+  BENCH_WORKDIR [bench/.work]  HFGATE_BIN [target/release/hfgate]
+Output: a markdown table on stdout and in bench/results/latest.md.
+EOF
+}
+
+# ---------------------------------------------------------------- options
+
+QUICK=0
+BUILD=0
+TARGETS_ARG=""
+while (($#)); do
+  case "$1" in
+    --quick) QUICK=1 ;;
+    --build) BUILD=1 ;;
+    --targets) TARGETS_ARG=${2:?--targets needs a list}; shift ;;
+    --targets=*) TARGETS_ARG=${1#--targets=} ;;
+    -h | --help) usage; exit 0 ;;
+    *) echo "run.sh: unknown argument: $1 (see --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+seconds() { # "10" or "10s" -> 10
+  local name=$1 value=${2%s}
+  [[ $value =~ ^[0-9]+$ && $value -gt 0 ]] || { echo "run.sh: $name must be a positive number of seconds, got '$2'" >&2; exit 2; }
+  echo "$value"
+}
+count() {
+  local name=$1 value=$2
+  [[ $value =~ ^[0-9]+$ && $value -gt 0 ]] || { echo "run.sh: $name must be a positive integer, got '$2'" >&2; exit 2; }
+  echo "$value"
+}
+
+if ((QUICK)); then
+  DURATION=$(seconds BENCH_DURATION "${BENCH_DURATION:-3}")
+  WARMUP=$(seconds BENCH_WARMUP "${BENCH_WARMUP:-1}")
+else
+  DURATION=$(seconds BENCH_DURATION "${BENCH_DURATION:-10}")
+  WARMUP=$(seconds BENCH_WARMUP "${BENCH_WARMUP:-2}")
+fi
+CONNECTIONS=$(count BENCH_CONNECTIONS "${BENCH_CONNECTIONS:-64}")
+THREADS=$(count BENCH_THREADS "${BENCH_THREADS:-1}")
+ROUNDS=$(count BENCH_ROUNDS "${BENCH_ROUNDS:-1}")
+PROXY_CPU=${BENCH_PROXY_CPU:-0}
+LOAD_CPU=${BENCH_LOAD_CPU:-1}
+PORT_BASE=$(count BENCH_PORT_BASE "${BENCH_PORT_BASE:-18400}")
+WORK=${BENCH_WORKDIR:-$BENCH_DIR/.work}
+HFGATE=${HFGATE_BIN:-$REPO/target/release/hfgate}
+RESULTS_DIR=$BENCH_DIR/results
+
+ISSUER="https://bench.example"
+AUDIENCE="hfgate-bench"
+
+if [[ -n $TARGETS_ARG ]]; then
+  IFS=, read -r -a TARGETS <<<"$TARGETS_ARG"
+  for t in "${TARGETS[@]}"; do
+    [[ " ${ALL_TARGETS[*]} " == *" $t "* ]] || { echo "run.sh: unknown target '$t' (known: ${ALL_TARGETS[*]})" >&2; exit 2; }
+  done
+else
+  TARGETS=("${ALL_TARGETS[@]}")
+fi
+wants() { [[ " ${TARGETS[*]} " == *" $1"* ]]; } # wants haproxy / wants hfgate-rs256
+
+log() { printf '[bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# ---------------------------------------------------------------- packages
+
+ensure_packages() {
+  local -A pkg_for=([nginx]=nginx [haproxy]=haproxy [wrk]=wrk [curl]=curl [openssl]=openssl
+    [python3]=python3 [taskset]=util-linux)
+  local missing=() cmd
+  for cmd in "${!pkg_for[@]}"; do
+    command -v "$cmd" >/dev/null 2>&1 || missing+=("${pkg_for[$cmd]}")
+  done
+  ((${#missing[@]} == 0)) && return 0
+  command -v apt-get >/dev/null 2>&1 || die "missing commands from packages: ${missing[*]} (no apt-get to install them)"
+  local sudo=()
+  ((EUID == 0)) || sudo=(sudo)
+  log "installing Debian packages: ${missing[*]}"
+  "${sudo[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+ensure_packages
+
+if wants haproxy; then
+  hv=$(haproxy -v 2>/dev/null | head -n1)
+  [[ $hv =~ version\ ([0-9]+)\.([0-9]+) ]] || die "cannot read the HAProxy version from: $hv"
+  ((BASH_REMATCH[1] > 2 || (BASH_REMATCH[1] == 2 && BASH_REMATCH[2] >= 5))) \
+    || die "HAProxy >= 2.5 is needed for jwt_verify; found: $hv"
+  haproxy -vv 2>/dev/null | grep -q 'USE_OPENSSL=1' || die "this HAProxy is built without OpenSSL, so it has no jwt_verify"
+fi
+
+ncpu=$(nproc)
+((PROXY_CPU < ncpu && LOAD_CPU < ncpu)) || die "CPUs $PROXY_CPU and $LOAD_CPU must exist (nproc = $ncpu)"
+((PROXY_CPU != LOAD_CPU)) || log "warning: proxy and load generator share CPU $PROXY_CPU"
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+# ---------------------------------------------------------------- hfgate binary
+
+HFGATE_STATUS=ok # ok | skip:<reason>
+hfgate_stale() {
+  [[ ! -x $HFGATE ]] && return 0
+  [[ -n $(find "$REPO/src" "$REPO/Cargo.toml" "$REPO/Cargo.lock" -newer "$HFGATE" -print -quit 2>/dev/null) ]]
+}
+if wants hfgate; then
+  if ((BUILD)) && [[ -z ${HFGATE_BIN:-} ]] && hfgate_stale; then
+    command -v cargo >/dev/null 2>&1 || die "--build needs cargo on PATH"
+    log "building hfgate (cargo build --release)"
+    (cd "$REPO" && cargo build --release) || die "cargo build --release failed"
+  fi
+  if [[ ! -x $HFGATE ]]; then
+    HFGATE_STATUS="skip:no binary at $HFGATE (run 'cargo build --release' or pass --build)"
+  elif ! "$HFGATE" --help 2>/dev/null | grep -qw serve; then
+    HFGATE_STATUS="skip:'$HFGATE --help' lists no 'serve' subcommand"
+  elif hfgate_stale; then
+    log "warning: $HFGATE is older than the sources; measuring it anyway (use --build to rebuild)"
+  fi
+  [[ $HFGATE_STATUS == ok ]] || log "hfgate targets skipped: ${HFGATE_STATUS#skip:}"
+fi
+
+# ---------------------------------------------------------------- processes
+
+PIDS=()
+LAST_PID=""
+
+start_bg() { # start_bg NAME CPU CMD... ; sets LAST_PID
+  local name=$1 cpu=$2
+  shift 2
+  taskset -c "$cpu" "$@" >"$RUN/$name.log" 2>&1 </dev/null &
+  LAST_PID=$!
+  PIDS+=("$LAST_PID")
+}
+
+stop_pid() {
+  local pid=$1 children i
+  kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
+  children=$(pgrep -P "$pid" 2>/dev/null || true)
+  kill -TERM "$pid" 2>/dev/null || true
+  for ((i = 0; i < 50; i++)); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  for i in $children; do kill -KILL "$i" 2>/dev/null || true; done
+  local kept=() p
+  for p in "${PIDS[@]}"; do [[ $p == "$pid" ]] || kept+=("$p"); done
+  PIDS=("${kept[@]+"${kept[@]}"}")
+}
+
+cleanup() {
+  local rc=$? pid
+  trap - EXIT INT TERM
+  for pid in "${PIDS[@]+"${PIDS[@]}"}"; do stop_pid "$pid"; done
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+port_free() {
+  python3 - "$1" <<'EOF' 2>/dev/null
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+EOF
+}
+NEXT_PORT=$PORT_BASE
+next_port() { # sets PORT
+  while ! port_free "$NEXT_PORT"; do
+    NEXT_PORT=$((NEXT_PORT + 1))
+    ((NEXT_PORT < PORT_BASE + 200)) || die "no free port in $PORT_BASE..$((PORT_BASE + 199))"
+  done
+  PORT=$NEXT_PORT
+  NEXT_PORT=$((NEXT_PORT + 1))
+}
+
+render() { # render TEMPLATE OUT KEY=VALUE...
+  local template=$1 out=$2 kv expr=()
+  shift 2
+  for kv in "$@"; do expr+=(-e "s|@${kv%%=*}@|${kv#*=}|g"); done
+  sed "${expr[@]}" "$template" >"$out"
+  ! grep -q '@[A-Z_]*@' "$out" || die "unrendered placeholder in $out"
+}
+
+# wait_http PID URL TIMEOUT: 0 once URL answers 200; 1 when the time runs out; 2 when the process dies
+wait_http() {
+  local pid=$1 url=$2 deadline=$((SECONDS + $3))
+  while ((SECONDS < deadline)); do
+    kill -0 "$pid" 2>/dev/null || return 2
+    [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$url" || true) == 200 ]] && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+# ---------------------------------------------------------------- setup: keys, tokens, configs
+
+rm -rf "$WORK"
+mkdir -p "$WORK/keys" "$RESULTS_DIR"
+RUN=$WORK/run
+mkdir -p "$RUN"/{upstream-nginx.tmp,proxy-nginx.tmp}
+
+log "generating an RSA-2048 and a P-256 key, the JWKS and the tokens"
+openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$WORK/keys/rs256.key.pem" 2>/dev/null
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$WORK/keys/es256.key.pem" 2>/dev/null
+python3 "$BENCH_DIR/lib/jwt.py" setup --dir "$WORK" --iss "$ISSUER" --aud "$AUDIENCE"
+
+next_port; UPSTREAM_PORT=$PORT
+next_port; JWKS_PORT=$PORT
+next_port; NGINX_PORT=$PORT
+next_port; HAPROXY_RS_PORT=$PORT
+next_port; HAPROXY_ES_PORT=$PORT
+next_port; HFGATE_PORT=$PORT
+next_port; HFGATE_ADMIN_PORT=$PORT
+
+render "$BENCH_DIR/conf/upstream-nginx.conf.in" "$RUN/upstream-nginx.conf" \
+  RUN="$RUN" WORK="$WORK" UPSTREAM_PORT="$UPSTREAM_PORT" JWKS_PORT="$JWKS_PORT"
+render "$BENCH_DIR/conf/proxy-nginx.conf.in" "$RUN/proxy-nginx.conf" \
+  RUN="$RUN" UPSTREAM_PORT="$UPSTREAM_PORT" PROXY_PORT="$NGINX_PORT"
+for alg in RS256 ES256; do
+  lc=${alg,,}
+  port_var=HAPROXY_${alg:0:2}_PORT
+  render "$BENCH_DIR/conf/haproxy.cfg.in" "$RUN/haproxy-$lc.cfg" \
+    RUN="$RUN" ALG="$alg" ALG_LC="$lc" ISSUER="$ISSUER" AUDIENCE="$AUDIENCE" \
+    PUBKEY="$WORK/keys/$lc.pub.pem" PROXY_PORT="${!port_var}" UPSTREAM_PORT="$UPSTREAM_PORT"
+done
+AUDIT_PATH=$RUN/audit.jsonl
+render "$BENCH_DIR/conf/hfgate.toml.in" "$RUN/hfgate.toml" \
+  PROXY_PORT="$HFGATE_PORT" ADMIN_PORT="$HFGATE_ADMIN_PORT" AUDIT_PATH="$AUDIT_PATH" \
+  ISSUER="$ISSUER" AUDIENCE="$AUDIENCE" JWKS_PORT="$JWKS_PORT" UPSTREAM_PORT="$UPSTREAM_PORT"
+
+nginx -t -q -p "$RUN" -e "$RUN/nginx-t.log" -c "$RUN/upstream-nginx.conf" || die "upstream nginx config rejected"
+nginx -t -q -p "$RUN" -e "$RUN/nginx-t.log" -c "$RUN/proxy-nginx.conf" || die "proxy nginx config rejected"
+for alg in rs256 es256; do
+  haproxy -c -q -f "$RUN/haproxy-$alg.cfg" || die "HAProxy config haproxy-$alg.cfg rejected"
+done
+
+# The upstream (and the JWKS) stay up for the whole run, on the load-generator core.
+start_bg upstream-nginx "$LOAD_CPU" nginx -p "$RUN" -e "$RUN/upstream-nginx.error.log" -c "$RUN/upstream-nginx.conf"
+UPSTREAM_PID=$LAST_PID
+for url in "http://127.0.0.1:$UPSTREAM_PORT/" "http://127.0.0.1:$JWKS_PORT/jwks.json"; do
+  wait_http "$UPSTREAM_PID" "$url" 10 || die "the upstream nginx does not serve $url (log: $RUN/upstream-nginx.log, $RUN/upstream-nginx.error.log)"
+done
+
+# ---------------------------------------------------------------- per-target start, checks, load
+
+# Functions below report a failure by setting FAIL_MSG and returning 1 (no subshells: they start processes).
+TARGET_PID="" TARGET_URL="" TARGET_TOKEN_STEM="" FAIL_MSG=""
+log_tail() { tail -n "${2:-5}" "$RUN/$1.log" 2>/dev/null | tr '\n' ' ' || true; }
+
+start_target() { # sets TARGET_PID TARGET_URL TARGET_TOKEN_STEM
+  local target=$1 rc=0
+  TARGET_PID="" TARGET_TOKEN_STEM=""
+  case "$target" in
+    direct)
+      TARGET_PID=$UPSTREAM_PID
+      TARGET_URL="http://127.0.0.1:$UPSTREAM_PORT/"
+      ;;
+    nginx)
+      start_bg "$target" "$PROXY_CPU" nginx -p "$RUN" -e "$RUN/proxy-nginx.error.log" -c "$RUN/proxy-nginx.conf"
+      TARGET_PID=$LAST_PID
+      TARGET_URL="http://127.0.0.1:$NGINX_PORT/"
+      wait_http "$TARGET_PID" "$TARGET_URL" 10 || rc=$?
+      case $rc in
+        1) FAIL_MSG="nginx did not answer 200 within 10 s"; return 1 ;;
+        2) FAIL_MSG="nginx exited during start-up: $(log_tail "$target") $(tail -n 3 "$RUN/proxy-nginx.error.log" 2>/dev/null)"; return 1 ;;
+      esac
+      ;;
+    haproxy-rs256 | haproxy-es256)
+      local alg=${target#haproxy-} port_var
+      port_var=HAPROXY_${alg^^}
+      port_var=${port_var:0:10}_PORT # HAPROXY_RS_PORT / HAPROXY_ES_PORT
+      start_bg "$target" "$PROXY_CPU" haproxy -db -f "$RUN/haproxy-$alg.cfg"
+      TARGET_PID=$LAST_PID
+      TARGET_URL="http://127.0.0.1:${!port_var}/"
+      TARGET_TOKEN_STEM=$alg
+      local deadline=$((SECONDS + 10))
+      until [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$TARGET_URL" || true) == 401 ]]; do
+        kill -0 "$TARGET_PID" 2>/dev/null || { FAIL_MSG="haproxy exited during start-up: $(log_tail "$target")"; return 1; }
+        ((SECONDS < deadline)) || { FAIL_MSG="haproxy did not answer 401 (no token) within 10 s"; return 1; }
+        sleep 0.1
+      done
+      ;;
+    hfgate-rs256 | hfgate-es256)
+      rm -f "$AUDIT_PATH"
+      start_bg "$target" "$PROXY_CPU" env -u RUST_LOG "$HFGATE" serve --config "$RUN/hfgate.toml"
+      TARGET_PID=$LAST_PID
+      TARGET_URL="http://127.0.0.1:$HFGATE_PORT/"
+      TARGET_TOKEN_STEM=${target#hfgate-}
+      wait_http "$TARGET_PID" "http://127.0.0.1:$HFGATE_ADMIN_PORT/readyz" 30 || rc=$?
+      case $rc in
+        1) FAIL_MSG="GET http://127.0.0.1:$HFGATE_ADMIN_PORT/readyz did not return 200 within 30 s; log: $(log_tail "$target" 3)"; return 1 ;;
+        2) FAIL_MSG="'hfgate serve --config $RUN/hfgate.toml' exited during start-up; log: $(log_tail "$target")"; return 1 ;;
+      esac
+      ;;
+  esac
+}
+
+stop_target() {
+  [[ -z $TARGET_PID || $TARGET_PID == "$UPSTREAM_PID" ]] || stop_pid "$TARGET_PID"
+  TARGET_PID=""
+}
+
+# expect LABEL STATUS [TOKEN_FILE] : one request, status (and body for 200) must match
+expect() {
+  local label=$1 want=$2 token_file=${3:-} got auth=()
+  [[ -n $token_file ]] && auth=(-H "Authorization: Bearer $(<"$WORK/tokens/$token_file.jwt")")
+  got=$(curl -sS --max-time 5 -o "$RUN/check.body" -w '%{http_code}' "${auth[@]+"${auth[@]}"}" "$TARGET_URL" 2>&1) || got="curl failed: $got"
+  if [[ $got != "$want" ]]; then
+    FAIL_MSG="check '$label': GET $TARGET_URL expected $want, got $got: $(head -c 300 "$RUN/check.body" 2>/dev/null | tr '\n' ' ')"
+    return 1
+  fi
+  if [[ $want == 200 && $(<"$RUN/check.body") != '{"ok":true}' ]]; then
+    FAIL_MSG="check '$label': 200 but the body is not the upstream's: $(head -c 300 "$RUN/check.body" | tr '\n' ' ')"
+    return 1
+  fi
+}
+
+check_target() {
+  local stem=$TARGET_TOKEN_STEM kind
+  if [[ -z $stem ]]; then
+    expect "no auth" 200
+    return
+  fi
+  expect "valid token" 200 "$stem-valid" || return 1
+  expect "no token" 401 || return 1
+  for kind in tampered expired wrong-aud wrong-iss; do
+    expect "$kind token" 401 "$stem-$kind" || return 1
+  done
+}
+
+cpu_ticks() { # "busy total" of one CPU from /proc/stat
+  awk -v cpu="cpu$1" '$1 == cpu { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t }' /proc/stat
+}
+proc_ticks() { # utime+stime of a process and its direct children
+  local pid sum=0 fields
+  for pid in "$1" $(pgrep -P "$1" 2>/dev/null || true); do
+    fields=$(sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null) || continue
+    read -r -a f <<<"$fields"
+    sum=$((sum + f[11] + f[12]))
+  done
+  echo "$sum"
+}
+thread_count() {
+  local pid n=0
+  for pid in "$1" $(pgrep -P "$1" 2>/dev/null || true); do
+    n=$((n + $(ls "/proc/$pid/task" 2>/dev/null | wc -l)))
+  done
+  echo "$n"
+}
+
+run_wrk() { # run_wrk SECONDS OUTFILE
+  local auth=()
+  [[ -n $TARGET_TOKEN_STEM ]] && auth=(-H "Authorization: Bearer $(<"$WORK/tokens/$TARGET_TOKEN_STEM-valid.jwt")")
+  timeout --kill-after=5 $(($1 + 20)) taskset -c "$LOAD_CPU" \
+    wrk -t "$THREADS" -c "$CONNECTIONS" -d "${1}s" --timeout 5s --latency \
+    -s "$BENCH_DIR/lib/report.lua" "${auth[@]+"${auth[@]}"}" "$TARGET_URL" >"$2" 2>&1
+}
+
+TSV=$RUN/results.tsv
+printf 'round\ttarget\tstatus\trequests\tduration_us\tp50_us\tp99_us\terr_socket\terr_status\tcpu_proxy\tcpu_load\tproc_cpu\tthreads\taudit_lines\tnote\n' >"$TSV"
+record() { # record ROUND TARGET STATUS NOTE [fields...]
+  local round=$1 target=$2 status=$3 note=$4
+  shift 4
+  if (($# == 0)); then set -- - - - - - - - - - - -; fi
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+    "$round" "$target" "$status" "$@" "${note//$'\t'/ }" >>"$TSV"
+}
+
+CLK_TCK=$(getconf CLK_TCK)
+FAILED=0
+
+measure() { # measure ROUND TARGET
+  local round=$1 target=$2
+  if [[ $target == hfgate-* && $HFGATE_STATUS != ok ]]; then
+    record "$round" "$target" skipped "${HFGATE_STATUS#skip:}"
+    return 0
+  fi
+  log "round $round: $target"
+  if ! start_target "$target" || ! check_target; then
+    log "$target: $FAIL_MSG"
+    record "$round" "$target" failed "$FAIL_MSG"
+    stop_target
+    FAILED=1
+    return 0
+  fi
+
+  local out=$RUN/wrk-$target-r$round
+  run_wrk "$WARMUP" "$out.warmup.txt" || { record "$round" "$target" failed "wrk warm-up failed: $(tail -n 3 "$out.warmup.txt" | tr '\n' ' ')"; stop_target; FAILED=1; return 0; }
+
+  local p0 l0 pr0 p1 l1 pr1 threads
+  read -r -a p0 <<<"$(cpu_ticks "$PROXY_CPU")"
+  read -r -a l0 <<<"$(cpu_ticks "$LOAD_CPU")"
+  pr0=$(proc_ticks "$TARGET_PID")
+  if ! run_wrk "$DURATION" "$out.txt"; then
+    record "$round" "$target" failed "wrk failed: $(tail -n 3 "$out.txt" | tr '\n' ' ')"
+    stop_target; FAILED=1; return 0
+  fi
+  read -r -a p1 <<<"$(cpu_ticks "$PROXY_CPU")"
+  read -r -a l1 <<<"$(cpu_ticks "$LOAD_CPU")"
+  pr1=$(proc_ticks "$TARGET_PID")
+  threads=$(thread_count "$TARGET_PID")
+
+  local line
+  line=$(grep '^BENCH_RESULT ' "$out.txt" || true)
+  [[ -n $line ]] || { record "$round" "$target" failed "no result line in $out.txt"; stop_target; FAILED=1; return 0; }
+  local -A r=()
+  local kv
+  for kv in ${line#BENCH_RESULT }; do r[${kv%%=*}]=${kv#*=}; done
+
+  local cpu_proxy cpu_load proc_cpu sock_err status=ok note=""
+  cpu_proxy=$(awk -v b="$((p1[0] - p0[0]))" -v t="$((p1[1] - p0[1]))" 'BEGIN { printf "%.0f", t ? 100 * b / t : 0 }')
+  cpu_load=$(awk -v b="$((l1[0] - l0[0]))" -v t="$((l1[1] - l0[1]))" 'BEGIN { printf "%.0f", t ? 100 * b / t : 0 }')
+  proc_cpu=$(awk -v d="$((pr1 - pr0))" -v hz="$CLK_TCK" -v us="${r[duration_us]}" 'BEGIN { printf "%.0f", 100 * d / hz / (us / 1e6) }')
+  sock_err=$((r[err_connect] + r[err_read] + r[err_write] + r[err_timeout]))
+  # CPU time on the proxy core that the measured process did not use was someone else's.
+  if [[ $target != direct ]] && ((cpu_proxy - proc_cpu > 15)); then
+    note="other processes used ~$((cpu_proxy - proc_cpu)) % of CPU $PROXY_CPU"
+  fi
+  if ((r[err_status] > 0)); then
+    status=invalid
+    note="${r[err_status]} non-2xx responses under load${note:+; $note}"
+  elif ((sock_err > 0)); then
+    note="$sock_err socket errors${note:+; $note}"
+  fi
+
+  local audit_lines=-
+  if [[ $target == hfgate-* ]]; then
+    stop_target # flushes the audit sink before counting
+    if [[ -f $AUDIT_PATH ]]; then
+      audit_lines=$(wc -l <"$AUDIT_PATH")
+      if ((audit_lines < r[requests])); then
+        note="${note:+$note; }audit has $audit_lines lines for ${r[requests]} measured requests"
+      fi
+    else
+      audit_lines=0
+      note="${note:+$note; }no audit file at $AUDIT_PATH"
+    fi
+  else
+    stop_target
+  fi
+  record "$round" "$target" "$status" "$note" "${r[requests]}" "${r[duration_us]}" "${r[p50_us]}" "${r[p99_us]}" \
+    "$sock_err" "${r[err_status]}" "$cpu_proxy" "$cpu_load" "$proc_cpu" "$threads" "$audit_lines"
+  log "$target: $(awk -v n="${r[requests]}" -v us="${r[duration_us]}" 'BEGIN { printf "%.0f", n / (us / 1e6) }') req/s, p50 $((r[p50_us])) us, p99 $((r[p99_us])) us${note:+ ($note)}"
+}
+
+STARTED=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+LOADAVG=$(cut -d' ' -f1-3 /proc/loadavg)
+awk -v l="${LOADAVG%% *}" 'BEGIN { exit !(l > 0.5) }' \
+  && log "warning: load average is $LOADAVG before the run; other processes will skew the numbers"
+for ((round = 1; round <= ROUNDS; round++)); do
+  for target in "${TARGETS[@]}"; do
+    measure "$round" "$target"
+  done
+done
+
+# ---------------------------------------------------------------- report
+
+first_line() { "$@" 2>&1 | head -n1 || true; }
+META=$RUN/meta.txt
+{
+  echo "date=$STARTED"
+  echo "host=$(uname -srm)"
+  echo "cpu=$(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -n1)"
+  echo "nproc=$ncpu"
+  echo "loadavg=$LOADAVG (1, 5, 15 min, before the run)"
+  echo "nginx=$(first_line nginx -v)"
+  echo "haproxy=$(first_line haproxy -v)"
+  echo "wrk=$(first_line wrk -v)"
+  echo "openssl=$(first_line openssl version)"
+  if [[ $HFGATE_STATUS == ok ]] && wants hfgate; then
+    echo "hfgate=$(first_line "$HFGATE" --version) ($HFGATE, built $(date -u -r "$HFGATE" +%Y-%m-%dT%H:%M:%SZ))"
+  fi
+  echo "commit=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo none)$(git -C "$REPO" status --porcelain 2>/dev/null | grep -q . && echo ' (dirty)' || true)"
+  echo "load=wrk -t $THREADS -c $CONNECTIONS, ${WARMUP} s warm-up + ${DURATION} s measured per target, $ROUNDS round(s)"
+  echo "pinning=proxy under test on CPU $PROXY_CPU; wrk and the upstream on CPU $LOAD_CPU"
+} >"$META"
+
+stamp=$(date -u +%Y%m%d-%H%M%S)
+python3 "$BENCH_DIR/lib/report.py" "$TSV" "$META" | tee "$RESULTS_DIR/latest.md"
+cp "$RESULTS_DIR/latest.md" "$RESULTS_DIR/$stamp.md"
+cp "$TSV" "$RESULTS_DIR/$stamp.tsv"
+log "written: $RESULTS_DIR/latest.md (raw rows: $RESULTS_DIR/$stamp.tsv; logs: $RUN)"
+((FAILED == 0)) || die "at least one target failed its checks; its row says why"

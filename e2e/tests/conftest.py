@@ -1,0 +1,267 @@
+"""Fixtures of the hfgate end-to-end tier.
+
+Every peer is a real process on a loopback port: the oidc-provider IdP (node),
+`hfgate mock-upstream`, `hfgate serve` and `hfgate demo`. Fixtures wait for
+readiness with bounded polling, stop their processes at teardown, and attach
+the processes' output to the report of a failing test. A missing peer fails
+the test; nothing here skips.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from support import (
+    IDP_DIR,
+    IDP_SCRIPT,
+    REPO_DIR,
+    Demo,
+    Gate,
+    GateFactory,
+    IdP,
+    Procs,
+    Stack,
+    Upstream,
+    free_port,
+    gate_config,
+    hfgate_env,
+    http_status,
+    require_subcommand,
+    start_mock_upstream,
+    tail,
+    wait_until,
+)
+
+# Environment variables that would let a client pick up a credential or an
+# endpoint other than the one a test hands it.
+_SCRUBBED_ENV = (
+    "HF_TOKEN",
+    "HUGGING_FACE_HUB_TOKEN",
+    "HF_API_TOKEN",
+    "HF_ENDPOINT",
+    "HF_INFERENCE_ENDPOINT",
+    "OPENAI_API_KEY",
+    "OPENAI_BASE_URL",
+    "OPENAI_ORG_ID",
+    "OPENAI_PROJECT_ID",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+    "HFGATE_TOKEN",
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name in _SCRUBBED_ENV:
+        os.environ.pop(name, None)
+    os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost"
+    os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+    os.environ["HF_HUB_DISABLE_IMPLICIT_TOKEN"] = "1"
+    # A private, empty Hugging Face home: no stored token can leak in.
+    os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="hfgate-e2e-hfhome-")
+
+
+# --------------------------------------------------------------------------
+# processes
+# --------------------------------------------------------------------------
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    if not report.failed:
+        return
+    procs: Procs | None = getattr(item, "_e2e_procs", None)
+    if procs is None:
+        return
+    for proc in procs.all:
+        state = "running" if proc.alive() else f"exited {proc.returncode()}"
+        report.sections.append((f"{proc.name} ({state}) argv", " ".join(proc.argv)))
+        out = proc.stdout()
+        if out.strip():
+            report.sections.append((f"{proc.name} stdout", tail(out)))
+        report.sections.append((f"{proc.name} stderr", tail(proc.stderr())))
+
+
+@pytest.fixture
+def procs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Procs]:
+    group = Procs(tmp_path)
+    request.node._e2e_procs = group
+    try:
+        yield group
+    finally:
+        group.stop_all()
+
+
+# --------------------------------------------------------------------------
+# peers: node + the IdP, the hfgate binary
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def node_bin() -> str:
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("node is not on PATH: the IdP (oidc-provider) needs Node.js >= 20")
+    if not (IDP_DIR / "node_modules" / "oidc-provider" / "package.json").exists():
+        pytest.fail(f"oidc-provider is not installed in {IDP_DIR}/node_modules: run e2e/run.sh (npm ci)")
+    return node
+
+
+@pytest.fixture(scope="session")
+def keyfiles(node_bin: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Private JWKS files: A (ES256), B (RS256), and BA = [B, A]."""
+    d = tmp_path_factory.mktemp("idp-keys")
+    for kid, alg in (("key-a", "ES256"), ("key-b", "RS256")):
+        out = d / f"{kid}.json"
+        res = subprocess.run(
+            [node_bin, str(IDP_SCRIPT), "genkey", "--kid", kid, "--alg", alg, "--out", str(out)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        if res.returncode != 0:
+            pytest.fail(f"idp.mjs genkey failed ({res.returncode}): {res.stderr}")
+    a = json.loads((d / "key-a.json").read_text())
+    b = json.loads((d / "key-b.json").read_text())
+    (d / "key-ba.json").write_text(json.dumps({"keys": b["keys"] + a["keys"]}))
+    return {"A": d / "key-a.json", "B": d / "key-b.json", "BA": d / "key-ba.json"}
+
+
+@pytest.fixture
+def idp(procs: Procs, node_bin: str, keyfiles: dict[str, Path]) -> IdP:
+    """The IdP on a free port, signing with key A (ES256)."""
+    return IdP(procs, node_bin).start(keyfiles["A"], "key-a", port=0)
+
+
+@pytest.fixture(scope="session")
+def hfgate_bin() -> Path:
+    raw = os.environ.get("HFGATE_BIN") or str(REPO_DIR / "target" / "debug" / "hfgate")
+    path = Path(raw)
+    if not path.is_absolute():
+        path = (Path.cwd() / path).resolve()
+    if not path.exists():
+        pytest.fail(f"hfgate binary not found at {path} (set HFGATE_BIN or build it)")
+    if not os.access(path, os.X_OK):
+        pytest.fail(f"hfgate binary at {path} is not executable")
+    return path
+
+
+# --------------------------------------------------------------------------
+# hfgate: mock upstream, proxy, demo
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def upstream(procs: Procs, hfgate_bin: Path) -> Upstream:
+    return start_mock_upstream(procs, hfgate_bin)
+
+
+@pytest.fixture
+def start_gate(procs: Procs, hfgate_bin: Path, tmp_path: Path) -> GateFactory:
+    """Start `hfgate serve` for an issuer and an upstream; wait for /readyz 200 unless told not to."""
+
+    def start(
+        issuer: str,
+        upstream_url: str,
+        *,
+        wait_ready: bool = True,
+        issuer_extra: str = "",
+        extra: str = "",
+        env: dict[str, str] | None = None,
+    ) -> Gate:
+        require_subcommand(hfgate_bin, "serve")
+        for attempt in range(3):
+            port, admin_port = free_port(), free_port()
+            config_path = tmp_path / f"hfgate-{attempt}.toml"
+            audit_path = tmp_path / f"audit-{attempt}.jsonl"
+            config_path.write_text(
+                gate_config(
+                    port=port,
+                    admin_port=admin_port,
+                    audit_path=audit_path,
+                    issuer=issuer,
+                    upstream=upstream_url,
+                    issuer_extra=issuer_extra,
+                    extra=extra,
+                )
+            )
+            full_env = hfgate_env(env)
+            proc = procs.start("hfgate", [hfgate_bin, "serve", "--config", config_path], env=full_env)
+            gate = Gate(
+                url=f"http://127.0.0.1:{port}",
+                admin_url=f"http://127.0.0.1:{admin_port}",
+                config_path=config_path,
+                audit_path=audit_path,
+                proc=proc,
+                env=full_env,
+            )
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and proc.alive():
+                if http_status(f"{gate.admin_url}/healthz", timeout=1) == 200:
+                    break
+                time.sleep(0.05)
+            if not proc.alive():
+                if "in use" in proc.stderr().lower():
+                    continue  # a port taken between free_port() and bind
+                pytest.fail(f"hfgate serve exited with status {proc.returncode()} at start")
+            if http_status(f"{gate.admin_url}/healthz", timeout=1) != 200:
+                pytest.fail("hfgate serve: GET /healthz on the admin listener did not answer 200 within 15s")
+            if wait_ready:
+                readyz = f"{gate.admin_url}/readyz"
+                wait_until(
+                    lambda url=readyz: http_status(url, timeout=1) == 200,
+                    "hfgate GET /readyz 200",
+                    timeout=15,
+                    watch=(proc,),
+                )
+            return gate
+        pytest.fail("hfgate serve could not bind its ports in three attempts")
+
+    return start
+
+
+@pytest.fixture
+def stack(idp: IdP, upstream: Upstream, start_gate: GateFactory) -> Stack:
+    """IdP (key A) + mock upstream + hfgate serve, ready."""
+    gate = start_gate(idp.issuer, upstream.url)
+    return Stack(idp=idp, upstream=upstream, gate=gate)
+
+
+@pytest.fixture
+def demo(procs: Procs, hfgate_bin: Path) -> Demo:
+    require_subcommand(hfgate_bin, "demo")
+    port, admin_port = free_port(), free_port()
+    proc = procs.start(
+        "hfgate-demo",
+        [hfgate_bin, "demo", "--listen", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{admin_port}"],
+        env=hfgate_env(),
+    )
+
+    def token() -> str | None:
+        m = re.search(r"^\s*export HFGATE_TOKEN=(\S+)\s*$", proc.stdout(), re.MULTILINE)
+        return m.group(1).strip("'\"") if m else None
+
+    tok = wait_until(token, "`export HFGATE_TOKEN=...` on hfgate demo's stdout", timeout=20, watch=(proc,))
+    admin_url = f"http://127.0.0.1:{admin_port}"
+    wait_until(
+        lambda: http_status(f"{admin_url}/readyz", timeout=1) == 200,
+        "hfgate demo GET /readyz 200",
+        timeout=15,
+        watch=(proc,),
+    )
+    return Demo(url=f"http://127.0.0.1:{port}", admin_url=admin_url, token=tok, proc=proc)

@@ -1,0 +1,493 @@
+"""Processes, peers and small helpers shared by the hfgate end-to-end tests."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+E2E_DIR = Path(__file__).resolve().parent.parent
+REPO_DIR = E2E_DIR.parent
+IDP_DIR = E2E_DIR / "idp"
+IDP_SCRIPT = IDP_DIR / "idp.mjs"
+
+# The organisation's upstream credential, known only to hfgate. Random per run
+# so that finding it anywhere it should not be is meaningful.
+HF_TOKEN_VALUE = "hf_e2e_upstream_secret_" + secrets.token_hex(12)
+
+AUDIENCE = "urn:hfgate"
+OTHER_AUDIENCE = "urn:other"
+CHUNK_DELAY = "300ms"
+MODEL = "demo/tiny-chat"
+
+
+class Proc:
+    """One child process, its own process group, output captured to files."""
+
+    def __init__(self, name: str, argv: list[str], logdir: Path, env: dict[str, str] | None) -> None:
+        self.name = name
+        self.argv = [str(a) for a in argv]
+        self.stdout_path = logdir / f"{name}.stdout"
+        self.stderr_path = logdir / f"{name}.stderr"
+        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
+            self.popen = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                env=env,
+                cwd=logdir,
+                start_new_session=True,
+            )
+        self.pid = self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def returncode(self) -> int | None:
+        return self.popen.poll()
+
+    def stdout(self) -> str:
+        return self.stdout_path.read_text(errors="replace")
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """SIGTERM the process group, SIGKILL it if it lingers."""
+        if self.popen.poll() is None:
+            try:
+                os.killpg(self.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(self.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self.popen.wait(timeout=timeout)
+        # Anything the child left behind in its group goes too.
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+class Procs:
+    """The processes of one test (or one session); all stopped at teardown."""
+
+    def __init__(self, logdir: Path) -> None:
+        self.logdir = logdir
+        self.all: list[Proc] = []
+        self._names: dict[str, int] = {}
+
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Proc:
+        n = self._names.get(name, 0) + 1
+        self._names[name] = n
+        unique = name if n == 1 else f"{name}.{n}"
+        proc = Proc(unique, argv, self.logdir, env)
+        self.all.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.all):
+            proc.stop()
+
+
+def tail(text: str, lines: int = 150) -> str:
+    parts = text.splitlines()
+    if len(parts) > lines:
+        parts = [f"... ({len(parts) - lines} earlier lines cut)"] + parts[-lines:]
+    return "\n".join(parts)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(
+    predicate: Callable[[], Any],
+    what: str,
+    timeout: float = 15.0,
+    interval: float = 0.05,
+    watch: tuple[Proc, ...] = (),
+) -> Any:
+    """Poll `predicate` until it returns a truthy value, within `timeout` seconds.
+
+    Fails at once if a watched process exits first.
+    """
+    deadline = time.monotonic() + timeout
+    last_error: BaseException | None = None
+    while True:
+        for proc in watch:
+            if not proc.alive():
+                pytest.fail(f"{proc.name} exited with status {proc.returncode()} while waiting for {what}")
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as err:  # noqa: BLE001 - polled again until the deadline
+            last_error = err
+        if time.monotonic() >= deadline:
+            detail = f"; last error: {last_error!r}" if last_error else ""
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}{detail}")
+        time.sleep(interval)
+
+
+def http_status(url: str, timeout: float = 2.0) -> int | None:
+    try:
+        return httpx.get(url, timeout=timeout).status_code
+    except httpx.HTTPError:
+        return None
+
+
+def jwt_parts(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Header and payload of a JWS compact token, unverified."""
+
+    def seg(s: str) -> dict[str, Any]:
+        return json.loads(base64.urlsafe_b64decode(s + "=" * (-len(s) % 4)))
+
+    head, payload, _sig = token.split(".")
+    return seg(head), seg(payload)
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    return [json.loads(line) for line in lines]
+
+
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
+
+
+def metric_samples(text: str) -> list[tuple[str, str, float]]:
+    """(name, labels, value) of every sample in a Prometheus text exposition."""
+    samples = []
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = _SAMPLE.match(line)
+        if m:
+            try:
+                samples.append((m.group(1), m.group(2) or "", float(m.group(3))))
+            except ValueError:
+                continue
+    return samples
+
+
+class IdP:
+    """oidc-provider, started by e2e/idp/idp.mjs."""
+
+    def __init__(self, procs: Procs, node: str) -> None:
+        self.procs = procs
+        self.node = node
+        self.proc: Proc | None = None
+        self.port = 0
+        self.issuer = ""
+
+    def start(self, keys: Path, sign_kid: str, port: int | None = None) -> IdP:
+        argv = [self.node, str(IDP_SCRIPT), "--port", str(port if port is not None else self.port)]
+        argv += ["--keys", str(keys), "--sign-kid", sign_kid]
+        proc = self.procs.start("idp", argv)
+
+        def ready() -> str | None:
+            for line in proc.stdout().splitlines():
+                if line.startswith("ready "):
+                    return line.split(" ", 1)[1].strip()
+            return None
+
+        issuer = wait_until(ready, "the IdP's ready line", timeout=20, watch=(proc,))
+        self.proc = proc
+        self.issuer = issuer
+        self.port = int(issuer.rsplit(":", 1)[1])
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop()
+            self.proc = None
+
+    def restart(self, keys: Path, sign_kid: str) -> IdP:
+        """Same port, same issuer, other keys."""
+        self.stop()
+        return self.start(keys, sign_kid, port=self.port)
+
+    def token_response(
+        self,
+        client: str = "ci-bot",
+        resource: str | None = AUDIENCE,
+        scope: str | None = "infer",
+    ) -> httpx.Response:
+        secret = f"{client}-secret"
+        form = {"grant_type": "client_credentials"}
+        if resource is not None:
+            form["resource"] = resource
+        if scope is not None:
+            form["scope"] = scope
+        auth = None
+        if client == "ci-bot":  # registered with client_secret_post
+            form.update(client_id=client, client_secret=secret)
+        else:  # client_secret_basic
+            auth = (client, secret)
+        return httpx.post(f"{self.issuer}/token", data=form, auth=auth, timeout=10)
+
+    def token(self, client: str = "ci-bot", resource: str | None = AUDIENCE, scope: str | None = "infer") -> str:
+        res = self.token_response(client, resource, scope)
+        assert res.status_code == 200, f"token request failed: {res.status_code} {res.text}"
+        return res.json()["access_token"]
+
+
+_HELP_CACHE: dict[Path, str] = {}
+
+
+def require_subcommand(binary: Path, name: str) -> None:
+    if binary not in _HELP_CACHE:
+        res = subprocess.run([str(binary), "--help"], capture_output=True, text=True, timeout=30)
+        _HELP_CACHE[binary] = res.stdout + res.stderr
+    if not re.search(rf"^\s+{re.escape(name)}\b", _HELP_CACHE[binary], re.MULTILINE):
+        pytest.fail(f"`{binary} --help` lists no `{name}` subcommand:\n{_HELP_CACHE[binary]}")
+
+
+def hfgate_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env["HF_TOKEN"] = HF_TOKEN_VALUE
+    env.setdefault("RUST_BACKTRACE", "1")
+    if extra:
+        env.update(extra)
+    return env
+
+
+@dataclass
+class Upstream:
+    url: str
+    proc: Proc
+
+
+def start_mock_upstream(procs: Procs, binary: Path, chunk_delay: str = CHUNK_DELAY) -> Upstream:
+    require_subcommand(binary, "mock-upstream")
+    for _attempt in range(3):
+        port = free_port()
+        proc = procs.start(
+            "mock-upstream",
+            [binary, "mock-upstream", "--listen", f"127.0.0.1:{port}", "--chunk-delay", chunk_delay],
+            env=hfgate_env(),
+        )
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and proc.alive():
+            if http_status(f"{url}/health", timeout=1) == 200:
+                return Upstream(url, proc)
+            time.sleep(0.05)
+        if proc.alive():
+            pytest.fail(f"mock upstream on {url} did not answer GET /health 200 within 15s")
+        # It died (a port taken between free_port() and bind): try another port.
+    pytest.fail("mock upstream exited three times before answering /health")
+
+
+@dataclass
+class Gate:
+    url: str
+    admin_url: str
+    config_path: Path
+    audit_path: Path
+    proc: Proc
+    env: dict[str, str] = field(default_factory=dict)
+
+    def audit(self) -> list[dict[str, Any]]:
+        return read_jsonl(self.audit_path)
+
+    def wait_audit(self, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """Wait until the audit file holds `count` lines, then check no extra line follows."""
+        wait_until(lambda: len(self.audit()) >= count, f"{count} audit lines in {self.audit_path}", timeout=timeout)
+        time.sleep(0.3)
+        return self.audit()
+
+    def metrics(self) -> str:
+        res = httpx.get(f"{self.admin_url}/metrics", timeout=5)
+        assert res.status_code == 200, f"GET /metrics: {res.status_code} {res.text[:500]}"
+        return res.text
+
+
+GateFactory = Callable[..., Gate]
+
+
+def gate_config(
+    *,
+    port: int,
+    admin_port: int,
+    audit_path: Path,
+    issuer: str,
+    upstream: str,
+    issuer_extra: str = "",
+    extra: str = "",
+) -> str:
+    return f"""\
+[server]
+listen = "127.0.0.1:{port}"
+admin_listen = "127.0.0.1:{admin_port}"
+public_url = "http://127.0.0.1:{port}"
+
+[audit]
+path = "{audit_path}"
+
+[[issuer]]
+name = "oidc"
+issuer = "{issuer}"
+audiences = ["{AUDIENCE}"]
+jwks_refetch_min_interval = "1s"
+{issuer_extra}
+[[route]]
+name = "tgi"
+path = "/tgi/"
+upstream = "{upstream}"
+api = "tgi"
+model = "{MODEL}"
+credential = "env:HF_TOKEN"
+strip_prefix = true
+{extra}"""
+
+
+@dataclass
+class Stack:
+    idp: IdP
+    upstream: Upstream
+    gate: Gate
+
+
+@dataclass
+class Demo:
+    url: str
+    admin_url: str
+    token: str
+    proc: Proc
+
+
+# --------------------------------------------------------------------------
+# clients
+# --------------------------------------------------------------------------
+
+MESSAGES = [{"role": "user", "content": "Say hello to the gate, one word at a time."}]
+
+
+@dataclass
+class Streamed:
+    """Content pieces of a streamed chat completion and when they arrived."""
+
+    pieces: list[str]
+    times: list[float]  # seconds since the request started, one per content piece
+    chunks: list[Any]  # every chunk object, content or not
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
+
+
+def hf_stream_chat(base_url: str, token: str, timeout: float = 60.0) -> Streamed:
+    """A streamed chat completion with huggingface_hub.InferenceClient."""
+    from huggingface_hub import InferenceClient
+
+    client = InferenceClient(base_url=base_url, api_key=token, timeout=timeout)
+    started = time.monotonic()
+    pieces, times, chunks = [], [], []
+    for chunk in client.chat_completion(messages=MESSAGES, max_tokens=64, stream=True):
+        chunks.append(chunk)
+        if chunk.choices and chunk.choices[0].delta and chunk.choices[0].delta.content:
+            pieces.append(chunk.choices[0].delta.content)
+            times.append(time.monotonic() - started)
+    return Streamed(pieces, times, chunks)
+
+
+def openai_client(base_url: str, token: str) -> Any:
+    import openai
+
+    return openai.OpenAI(base_url=base_url, api_key=token, max_retries=0, timeout=60.0)
+
+
+def openai_stream_chat(base_url: str, token: str) -> Streamed:
+    client = openai_client(base_url, token)
+    started = time.monotonic()
+    pieces, times, chunks = [], [], []
+    stream = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=64, stream=True)
+    for chunk in stream:
+        chunks.append(chunk)
+        if chunk.choices and chunk.choices[0].delta and chunk.choices[0].delta.content:
+            pieces.append(chunk.choices[0].delta.content)
+            times.append(time.monotonic() - started)
+    return Streamed(pieces, times, chunks)
+
+
+def assert_streamed_progressively(s: Streamed, min_chunks: int = 5) -> None:
+    """The first piece arrives well before the last: the proxy does not buffer the stream."""
+    assert len(s.pieces) >= min_chunks, f"expected >= {min_chunks} content chunks, got {len(s.pieces)}: {s.pieces!r}"
+    first, last = s.times[0], s.times[-1]
+    assert first < 0.5 * last, (
+        f"first chunk at {first:.3f}s, last at {last:.3f}s: the stream looks buffered "
+        f"(arrival times {[round(t, 3) for t in s.times]})"
+    )
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def chat_body(stream: bool = False) -> dict[str, Any]:
+    return {"model": MODEL, "messages": MESSAGES, "max_tokens": 16, "stream": stream}
+
+
+def metrics_sum(text: str, *needles: str) -> tuple[float, list[str]]:
+    """Sum of every sample whose metric name holds all `needles`; and those names."""
+    total, names = 0.0, []
+    for name, _labels, value in metric_samples(text):
+        if all(n in name for n in needles):
+            total += value
+            names.append(name)
+    return total, names
+
+
+def tamper(token: str) -> str:
+    """The same token with one signature byte changed."""
+    head, payload, sig = token.split(".")
+    raw = bytearray(base64.urlsafe_b64decode(sig + "=" * (-len(sig) % 4)))
+    raw[len(raw) // 2] ^= 0x01
+    return f"{head}.{payload}.{b64url(bytes(raw))}"
+
+
+def with_payload(token: str, **changes: Any) -> str:
+    """The token with payload claims changed and the original signature kept."""
+    head, payload, sig = token.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    claims.update(changes)
+    return f"{head}.{b64url(json.dumps(claims).encode())}.{sig}"
+
+
+def idp_jwks_hits(idp: IdP) -> int:
+    """How many times the IdP's JWKS was fetched, over every run of it in this test."""
+    return sum(
+        1
+        for proc in idp.procs.all
+        if proc.name.split(".")[0] == "idp"
+        for line in proc.stderr().splitlines()
+        if line.startswith("idp: GET /jwks ")
+    )

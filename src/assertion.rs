@@ -1,0 +1,140 @@
+//! `X-Hfgate-Assertion`: a short-lived ES256 JWT from hfgate's own key that tells the upstream who the
+//! verified caller is, so the upstream can trust identity without trusting plain headers. Public keys
+//! are served at `/.hfgate/jwks.json`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderValue;
+use moka::sync::Cache;
+use serde_json::json;
+
+use crate::authn::Identity;
+use crate::jose::{Algorithm, KeyError, SigningKey, unix_now};
+
+/// Mints assertions and caches each one for half its lifetime per (token, route), so a busy caller
+/// costs one signature per few minutes rather than one per request.
+pub struct AssertionSigner {
+    key: SigningKey,
+    issuer: String,
+    lifetime: Duration,
+    cache: Cache<([u8; 32], usize), (HeaderValue, u64)>,
+}
+
+impl std::fmt::Debug for AssertionSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AssertionSigner")
+            .field("kid", &self.key.kid())
+            .field("issuer", &self.issuer)
+            .finish()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AssertionKeyError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: not a PEM or DER PKCS#8 P-256 private key")]
+    Parse { path: String },
+    #[error(transparent)]
+    Key(#[from] KeyError),
+}
+
+impl AssertionSigner {
+    /// Uses the PKCS#8 key at `key_path` (PEM or DER) or, without one, a key generated now (fine for
+    /// one replica; several replicas should share a key so upstreams see one `kid`).
+    pub fn new(
+        key_path: Option<&std::path::Path>,
+        issuer: &str,
+        lifetime: Duration,
+    ) -> Result<AssertionSigner, AssertionKeyError> {
+        let key = match key_path {
+            Some(path) => {
+                let bytes = std::fs::read(path).map_err(|source| AssertionKeyError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                let der = pem_to_der(&bytes).unwrap_or(bytes);
+                SigningKey::from_pkcs8(Algorithm::ES256, &der).map_err(|_| {
+                    AssertionKeyError::Parse {
+                        path: path.display().to_string(),
+                    }
+                })?
+            }
+            None => SigningKey::generate(Algorithm::ES256)?,
+        };
+        let cache = Cache::builder()
+            .max_capacity(100_000)
+            .time_to_live(lifetime / 2)
+            .build();
+        Ok(AssertionSigner {
+            key,
+            issuer: issuer.to_string(),
+            lifetime,
+            cache,
+        })
+    }
+
+    /// `{"keys": [...]}` with hfgate's public key.
+    pub fn jwks(&self) -> serde_json::Value {
+        json!({ "keys": [self.key.public_jwk()] })
+    }
+
+    pub fn kid(&self) -> &str {
+        self.key.kid()
+    }
+
+    /// The assertion for `identity` calling `route`: never valid past the caller's own token.
+    pub fn assertion(
+        &self,
+        token_digest: [u8; 32],
+        route_index: usize,
+        route_name: &str,
+        identity: &Identity,
+    ) -> Option<HeaderValue> {
+        let now = unix_now();
+        let cache_key = (token_digest, route_index);
+        if let Some((value, exp)) = self.cache.get(&cache_key)
+            && exp > now + 5
+        {
+            return Some(value);
+        }
+        let exp = (now + self.lifetime.as_secs()).min(identity.expires_at);
+        let claims = json!({
+            "iss": self.issuer,
+            "aud": route_name,
+            "sub": identity.subject,
+            "email": identity.email,
+            "groups": identity.groups,
+            "kind": identity.kind,
+            "client_id": identity.client_id,
+            "idp": &*identity.issuer_url,
+            "iat": now,
+            "exp": exp,
+        });
+        let token = self.key.sign_jwt(&json!({"typ": "JWT"}), &claims).ok()?;
+        let mut value = HeaderValue::from_str(&token).ok()?;
+        value.set_sensitive(true);
+        self.cache.insert(cache_key, (value.clone(), exp));
+        Some(value)
+    }
+}
+
+/// The DER body of the first PEM block, if `bytes` is PEM.
+fn pem_to_der(bytes: &[u8]) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let start = text.find("-----BEGIN ")?;
+    let body_start = start + text[start..].find('\n')? + 1;
+    let body_end = body_start + text[body_start..].find("-----END ")?;
+    let b64: String = text[body_start..body_end]
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.decode(b64).ok()
+}
+
+pub type SharedSigner = Arc<AssertionSigner>;

@@ -1,0 +1,395 @@
+//! The door: a bearer JWT from the `Authorization` header, verified against the issuer named by its
+//! `iss`, becomes an [`Identity`]. Every refusal is an [`AuthError`] that names the exact check that failed.
+
+pub mod claims;
+pub mod jwks;
+pub mod jwt;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderMap;
+use http::StatusCode;
+use moka::sync::Cache;
+
+pub use claims::{Identity, IdentityKind};
+use jwks::IssuerKeys;
+
+use crate::client::HttpClient;
+use crate::config::IssuerSettings;
+use crate::jose::{Algorithm, unix_now};
+use crate::metrics::Metrics;
+
+/// Why a request was not authenticated. The `Display` text is the `error_description` a caller sees:
+/// it names the failed check and never contains the token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No `Authorization` header.
+    #[error("missing bearer token: send Authorization: Bearer <token from your identity provider>")]
+    MissingToken,
+    /// Two or more `Authorization` headers; which one counts would be a guess.
+    #[error("more than one Authorization header")]
+    DuplicateAuthorization,
+    /// An `Authorization` header with another scheme (Basic, Digest...).
+    #[error("Authorization scheme must be Bearer")]
+    NotBearer,
+    /// A Hugging Face user token: clients send `HF_TOKEN` to any `base_url`.
+    #[error(
+        "this is a Hugging Face token (hf_...), not a token from your identity provider: hfgate adds the organisation's Hugging Face credential itself; unset HF_TOKEN or set it to a token from your identity provider (HF_TOKEN=$(hfgate token))"
+    )]
+    HuggingFaceToken,
+    /// Not a compact JWS, or a part that does not decode.
+    #[error("malformed token: {0}")]
+    Malformed(&'static str),
+    #[error("alg none is never accepted")]
+    AlgNone,
+    #[error("alg {0} is never accepted: hfgate only verifies asymmetric signatures")]
+    AlgSymmetric(String),
+    #[error("alg {0} is not supported")]
+    AlgUnsupported(String),
+    #[error("token has a crit header hfgate does not understand")]
+    Crit,
+    #[error("missing iss claim")]
+    MissingIssuer,
+    #[error("iss is not a configured issuer: expected one of [{0}]")]
+    UnknownIssuer(String),
+    #[error("alg {alg} is not allowed for issuer {issuer}: allowed [{allowed}]")]
+    AlgNotAllowed {
+        alg: Algorithm,
+        issuer: String,
+        allowed: String,
+    },
+    #[error("token has no kid and issuer {0} publishes several keys for its alg")]
+    KidRequired(String),
+    #[error("unknown kid '{kid}': not in the JWKS of issuer {issuer}")]
+    UnknownKid { kid: String, issuer: String },
+    #[error("key '{kid}' is {family} and does not fit alg {alg}")]
+    KeyMismatch {
+        kid: String,
+        family: String,
+        alg: Algorithm,
+    },
+    #[error("signature verification failed")]
+    BadSignature,
+    /// The issuer's keys could not be fetched (or are older than `jwks_max_stale`): not the caller's fault.
+    #[error("signing keys of issuer {0} are unavailable; try again later")]
+    KeysUnavailable(String),
+    #[error("missing exp claim")]
+    MissingExp,
+    #[error("token expired {ago}s ago (leeway {leeway}s)")]
+    Expired { ago: u64, leeway: u64 },
+    #[error("token not valid yet: nbf is {wait}s in the future (leeway {leeway}s)")]
+    NotYetValid { wait: u64, leeway: u64 },
+    #[error("iat is {0}s in the future")]
+    IssuedInFuture(u64),
+    #[error("token lifetime {lifetime} exceeds max_token_lifetime {max}")]
+    LifetimeTooLong { lifetime: String, max: String },
+    #[error("aud mismatch: expected one of [{0}]")]
+    AudMismatch(String),
+    #[error("missing aud claim: expected one of [{0}]")]
+    MissingAudience(String),
+    #[error("typ mismatch: expected {0}")]
+    TypMismatch(String),
+    #[error("missing sub claim")]
+    MissingSubject,
+    #[error("claim {claim} is not a {expected}")]
+    BadClaimType {
+        claim: &'static str,
+        expected: &'static str,
+    },
+}
+
+impl AuthError {
+    /// A short stable code, for metrics labels and the audit `decision.reason`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AuthError::MissingToken => "missing_token",
+            AuthError::DuplicateAuthorization => "duplicate_authorization",
+            AuthError::NotBearer => "not_bearer",
+            AuthError::HuggingFaceToken => "hf_token",
+            AuthError::Malformed(_) => "malformed",
+            AuthError::AlgNone => "alg_none",
+            AuthError::AlgSymmetric(_) => "alg_symmetric",
+            AuthError::AlgUnsupported(_) => "alg_unsupported",
+            AuthError::Crit => "crit",
+            AuthError::MissingIssuer => "missing_iss",
+            AuthError::UnknownIssuer(_) => "unknown_issuer",
+            AuthError::AlgNotAllowed { .. } => "alg_not_allowed",
+            AuthError::KidRequired(_) => "kid_required",
+            AuthError::UnknownKid { .. } => "unknown_kid",
+            AuthError::KeyMismatch { .. } => "key_mismatch",
+            AuthError::BadSignature => "bad_signature",
+            AuthError::KeysUnavailable(_) => "keys_unavailable",
+            AuthError::MissingExp => "missing_exp",
+            AuthError::Expired { .. } => "expired",
+            AuthError::NotYetValid { .. } => "not_yet_valid",
+            AuthError::IssuedInFuture(_) => "iat_in_future",
+            AuthError::LifetimeTooLong { .. } => "lifetime_too_long",
+            AuthError::AudMismatch(_) => "aud_mismatch",
+            AuthError::MissingAudience(_) => "missing_aud",
+            AuthError::TypMismatch(_) => "typ_mismatch",
+            AuthError::MissingSubject => "missing_sub",
+            AuthError::BadClaimType { .. } => "bad_claim",
+        }
+    }
+
+    /// 401 for anything about the token, 503 when hfgate cannot get the issuer's keys.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            AuthError::KeysUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::UNAUTHORIZED,
+        }
+    }
+}
+
+/// Attacker-supplied text (a `kid`, an `alg`) made safe to quote in a message: visible ASCII without
+/// quotes or backslashes, at most 64 characters.
+pub(crate) fn printable(text: &str) -> String {
+    let mut out: String = text
+        .chars()
+        .take(64)
+        .map(|c| {
+            if c.is_ascii_graphic() && c != '"' && c != '\\' && c != '\'' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect();
+    if text.chars().count() > 64 {
+        out.push_str("...");
+    }
+    out
+}
+
+/// The bearer token of a request: exactly one `Authorization` header, scheme `Bearer` in any case.
+/// Tokens are never read from the query string or a form body.
+pub fn bearer_token(headers: &HeaderMap) -> Result<&str, AuthError> {
+    let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
+    let value = values.next().ok_or(AuthError::MissingToken)?;
+    if values.next().is_some() {
+        return Err(AuthError::DuplicateAuthorization);
+    }
+    let value = value
+        .to_str()
+        .map_err(|_| AuthError::Malformed("Authorization header is not visible ASCII"))?;
+    let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(AuthError::NotBearer);
+    }
+    let token = rest.trim_matches(' ');
+    if token.is_empty() {
+        return Err(AuthError::MissingToken);
+    }
+    Ok(token)
+}
+
+/// Verifies bearer tokens for every configured issuer and caches the verified ones.
+pub struct Authenticator {
+    issuers: Vec<Arc<IssuerKeys>>,
+    by_iss: HashMap<String, usize>,
+    cache: Cache<[u8; 32], Arc<Identity>>,
+    expected_issuers: String,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("issuers", &self.issuers)
+            .finish()
+    }
+}
+
+/// Cache entries live until their token's `exp` + leeway, never longer.
+struct UntilExpiry;
+
+impl moka::Expiry<[u8; 32], Arc<Identity>> for UntilExpiry {
+    fn expire_after_create(
+        &self,
+        _: &[u8; 32],
+        identity: &Arc<Identity>,
+        _: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(Duration::from_secs(
+            identity
+                .valid_until
+                .saturating_sub(unix_now())
+                .saturating_add(1),
+        ))
+    }
+}
+
+impl Authenticator {
+    pub fn new(
+        issuers: &[IssuerSettings],
+        client: HttpClient,
+        metrics: Arc<Metrics>,
+    ) -> Authenticator {
+        let issuers: Vec<Arc<IssuerKeys>> = issuers
+            .iter()
+            .map(|s| {
+                Arc::new(IssuerKeys::new(
+                    Arc::new(s.clone()),
+                    client.clone(),
+                    metrics.clone(),
+                ))
+            })
+            .collect();
+        let by_iss = issuers
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k.settings.issuer.clone(), i))
+            .collect();
+        let expected_issuers = issuers
+            .iter()
+            .map(|k| k.settings.issuer.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let cache = Cache::builder()
+            .max_capacity(100_000)
+            .expire_after(UntilExpiry)
+            .build();
+        Authenticator {
+            issuers,
+            by_iss,
+            cache,
+            expected_issuers,
+        }
+    }
+
+    pub fn issuers(&self) -> &[Arc<IssuerKeys>] {
+        &self.issuers
+    }
+
+    /// Starts the key refresh task of every issuer.
+    pub fn spawn_key_refresh(&self) -> Vec<tokio::task::JoinHandle<()>> {
+        self.issuers
+            .iter()
+            .map(|keys| tokio::spawn(keys.clone().run_refresh()))
+            .collect()
+    }
+
+    /// Ready once every issuer's keys have loaded.
+    pub fn ready(&self) -> bool {
+        self.issuers.iter().all(|k| k.is_loaded())
+    }
+
+    /// Authenticates a bearer token. A token seen before and not yet expired costs one digest and one
+    /// cache lookup; `exp` is re-checked on every read.
+    pub async fn authenticate(&self, token: &str) -> Result<Arc<Identity>, AuthError> {
+        if token.starts_with("hf_") {
+            return Err(AuthError::HuggingFaceToken);
+        }
+        let digest = token_digest(token);
+        if let Some(identity) = self.cache.get(&digest) {
+            if unix_now() <= identity.valid_until {
+                return Ok(identity);
+            }
+            self.cache.invalidate(&digest);
+        }
+        let identity = Arc::new(self.verify(token).await?);
+        self.cache.insert(digest, identity.clone());
+        Ok(identity)
+    }
+
+    /// Full verification, no cache: parse, pick the issuer by `iss`, check the algorithm, find the key,
+    /// verify the signature, then the claims.
+    pub async fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        let jwt = jwt::parse(token)?;
+        let iss = jwt.issuer()?;
+        let keys = self
+            .by_iss
+            .get(iss)
+            .map(|&i| &self.issuers[i])
+            .ok_or_else(|| AuthError::UnknownIssuer(self.expected_issuers.clone()))?;
+        let settings = &keys.settings;
+        if !settings.algorithms.contains(&jwt.header.alg) {
+            return Err(AuthError::AlgNotAllowed {
+                alg: jwt.header.alg,
+                issuer: settings.name.clone(),
+                allowed: settings
+                    .algorithms
+                    .iter()
+                    .map(|a| a.name())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+        let key = keys
+            .key_for(jwt.header.kid.as_deref(), jwt.header.alg)
+            .await?;
+        jwt.verify(&key)?;
+        let validity = jwt::check_claims(&jwt, settings, unix_now())?;
+        Ok(claims::identity_from_claims(
+            settings,
+            &jwt.claims,
+            validity.expires_at,
+        ))
+    }
+}
+
+/// SHA-256 of the token: the cache key, so tokens themselves are never kept as keys.
+pub fn token_digest(token: &str) -> [u8; 32] {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn headers(values: &[&'static str]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for v in values {
+            map.append(http::header::AUTHORIZATION, HeaderValue::from_static(v));
+        }
+        map
+    }
+
+    #[test]
+    fn bearer_extraction() {
+        assert_eq!(bearer_token(&headers(&["Bearer abc"])), Ok("abc"));
+        assert_eq!(bearer_token(&headers(&["bEaReR  abc "])), Ok("abc"));
+        assert_eq!(bearer_token(&headers(&[])), Err(AuthError::MissingToken));
+        assert_eq!(
+            bearer_token(&headers(&["Bearer "])),
+            Err(AuthError::MissingToken)
+        );
+        assert_eq!(
+            bearer_token(&headers(&["Basic YTpi"])),
+            Err(AuthError::NotBearer)
+        );
+        assert_eq!(
+            bearer_token(&headers(&["Bearer a", "Bearer b"])),
+            Err(AuthError::DuplicateAuthorization)
+        );
+    }
+
+    #[test]
+    fn printable_strips_quotes_and_truncates() {
+        assert_eq!(printable("ab\"c\\d'e\n"), "ab?c?d?e?");
+        assert_eq!(printable(&"k".repeat(100)).len(), 67);
+    }
+
+    #[test]
+    fn descriptions_never_carry_quotes_or_backslashes() {
+        // RFC 6750 §3: error_description excludes '"' and '\'.
+        let samples = [
+            AuthError::UnknownKid {
+                kid: printable("a\"b"),
+                issuer: "corp".into(),
+            },
+            AuthError::AlgSymmetric(printable("HS256")),
+            AuthError::HuggingFaceToken,
+            AuthError::AudMismatch("hfgate".into()),
+        ];
+        for e in samples {
+            let text = e.to_string();
+            assert!(!text.contains('"') && !text.contains('\\'), "{text}");
+        }
+    }
+}

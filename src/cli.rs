@@ -1,0 +1,68 @@
+//! The command line: `serve`, `check`, `demo`, and the mock upstream the tests and benchmarks use.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "hfgate",
+    version,
+    about = "Identity-aware reverse proxy for Hugging Face model endpoints"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "HFGATE_LOG_FORMAT")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the proxy.
+    Serve {
+        /// The configuration file.
+        #[arg(long, short, default_value = "hfgate.toml", env = "HFGATE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Validate a configuration without opening a port; exits non-zero on any problem.
+    Check {
+        #[arg(long, short, default_value = "hfgate.toml", env = "HFGATE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Run a development issuer, a mock model endpoint and the proxy on loopback, and print commands to try.
+    Demo {
+        /// Proxy listener.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Admin listener (/healthz, /readyz, /metrics).
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin_listen: SocketAddr,
+        /// Pause between streamed chunks of the mock model.
+        #[arg(long, default_value = "150ms", value_parser = parse_duration_arg)]
+        chunk_delay: std::time::Duration,
+    },
+    /// Run only the demo's mock model endpoint (for tests and benchmarks).
+    #[command(hide = true)]
+    MockUpstream {
+        #[arg(long, default_value = "127.0.0.1:3000")]
+        listen: SocketAddr,
+        #[arg(long, default_value = "150ms", value_parser = parse_duration_arg)]
+        chunk_delay: std::time::Duration,
+        /// Refuse requests whose Authorization is not `Bearer <value of this variable>`.
+        #[arg(long)]
+        expect_credential_env: Option<String>,
+    },
+}
+
+fn parse_duration_arg(text: &str) -> Result<std::time::Duration, String> {
+    crate::config::parse_duration(text)
+}

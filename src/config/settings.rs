@@ -1,0 +1,978 @@
+//! Validated settings: what the rest of hfgate runs on. Built from the raw structs by [`validate`],
+//! which records every problem in the [`Source`] and returns `None` if there was any.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::HeaderValue;
+use http::uri::{Authority, Scheme, Uri};
+use toml::Spanned;
+
+use super::{RawConfig, RawIssuer, RawRoute, Source, Text, parse_duration};
+use crate::jose::Algorithm;
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The file these settings came from.
+    pub source: PathBuf,
+    pub server: ServerSettings,
+    pub audit: AuditTarget,
+    pub issuers: Vec<IssuerSettings>,
+    pub routes: Vec<RouteSettings>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    /// Without a trailing slash.
+    pub public_url: String,
+    pub upstream_connect_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub assertion_lifetime: Duration,
+    /// PKCS#8 PEM or DER file with an ES256 key; generated at start when absent.
+    pub assertion_key: Option<PathBuf>,
+    /// Append to client-sent `X-Forwarded-*` (behind a trusted load balancer) instead of replacing them.
+    pub trust_forwarded_headers: bool,
+    /// Runtime worker threads; `None` = the CPUs this process may run on.
+    pub workers: Option<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditTarget {
+    Stdout,
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct IssuerSettings {
+    pub name: String,
+    /// Compared exactly with the token's `iss`.
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    pub audience_claims: Vec<String>,
+    pub jwks: JwksSource,
+    pub algorithms: Vec<Algorithm>,
+    pub groups_claim: ClaimPath,
+    pub email_claim: ClaimPath,
+    pub leeway: Duration,
+    pub max_token_lifetime: Option<Duration>,
+    pub require_typ: Option<String>,
+    pub kind: KindRule,
+    pub insecure: bool,
+    pub jwks_refresh_interval: Duration,
+    pub jwks_refetch_min_interval: Duration,
+    pub jwks_max_stale: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwksSource {
+    /// `{issuer}/.well-known/openid-configuration`, whose `jwks_uri` is then fetched.
+    Discovery(String),
+    Uri(String),
+}
+
+/// How the caller's kind (user or workload) is decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KindRule {
+    /// Workload when `sub` equals the client id (client-credentials tokens, RFC 9068 §2.2) or is a
+    /// Kubernetes service account; user otherwise.
+    Auto,
+    User,
+    Workload,
+}
+
+/// A claim location: a top-level key (which may hold `:` or be a URL) or a dotted path into objects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimPath(pub String);
+
+impl ClaimPath {
+    /// Finds the claim. The whole path as one key wins; otherwise each `.` may separate a key from the
+    /// rest, tried left to right, so `https://example.com/groups` and `realm_access.roles` both work.
+    pub fn lookup<'a>(
+        &self,
+        claims: &'a serde_json::Map<String, serde_json::Value>,
+    ) -> Option<&'a serde_json::Value> {
+        lookup_in(claims, &self.0)
+    }
+}
+
+fn lookup_in<'a>(
+    object: &'a serde_json::Map<String, serde_json::Value>,
+    path: &str,
+) -> Option<&'a serde_json::Value> {
+    if let Some(value) = object.get(path) {
+        return Some(value);
+    }
+    for (at, _) in path.match_indices('.') {
+        if let Some(serde_json::Value::Object(inner)) = object.get(&path[..at])
+            && let Some(found) = lookup_in(inner, &path[at + 1..])
+        {
+            return Some(found);
+        }
+    }
+    None
+}
+
+impl fmt::Display for ClaimPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiKind {
+    OpenAi,
+    Tgi,
+    Tei,
+    HfInference,
+    Router,
+    Hub,
+    Generic,
+}
+
+impl ApiKind {
+    const NAMES: [(&'static str, ApiKind); 7] = [
+        ("openai", ApiKind::OpenAi),
+        ("tgi", ApiKind::Tgi),
+        ("tei", ApiKind::Tei),
+        ("hf-inference", ApiKind::HfInference),
+        ("router", ApiKind::Router),
+        ("hub", ApiKind::Hub),
+        ("generic", ApiKind::Generic),
+    ];
+
+    pub fn name(self) -> &'static str {
+        ApiKind::NAMES
+            .iter()
+            .find(|(_, k)| *k == self)
+            .map(|(n, _)| *n)
+            .unwrap_or("generic")
+    }
+}
+
+/// What replaces the caller's `Authorization` on the upstream request.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Credential {
+    None,
+    /// The caller's own token, already validated.
+    Passthrough,
+    /// `Bearer <secret>` from `env:NAME` or `file:PATH`; marked sensitive so it is never printed.
+    Static {
+        header: HeaderValue,
+        origin: String,
+    },
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Credential::None => f.write_str("none"),
+            Credential::Passthrough => f.write_str("passthrough"),
+            Credential::Static { origin, .. } => write!(f, "{origin} (redacted)"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamUrl {
+    pub scheme: Scheme,
+    pub authority: Authority,
+    /// Without a trailing slash; empty for the root.
+    pub base_path: String,
+}
+
+impl fmt::Display for UpstreamUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}{}", self.scheme, self.authority, self.base_path)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteSettings {
+    pub name: String,
+    /// Without a trailing slash; empty for `/`.
+    pub prefix: String,
+    pub upstream: UpstreamUrl,
+    pub api: ApiKind,
+    pub model: Option<String>,
+    pub credential: Credential,
+    pub strip_prefix: bool,
+    /// Until the upstream's response headers arrive.
+    pub timeout: Duration,
+    /// Between two chunks of a response body; streams have no total timeout.
+    pub idle_timeout: Duration,
+}
+
+const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+
+pub(super) fn validate(src: &mut Source<'_>, raw: RawConfig, base_dir: &Path) -> Option<Settings> {
+    let server = validate_server(src, &raw);
+    let audit = match raw.audit.as_ref().and_then(|a| a.get_ref().path.as_ref()) {
+        Some(path) => match src.text(path, "audit.path") {
+            Some(p) if p == "-" => Some(AuditTarget::Stdout),
+            Some(p) if p.trim().is_empty() => {
+                src.issue(
+                    path.span().start,
+                    "audit.path",
+                    "must be a file path or \"-\" for stdout",
+                );
+                None
+            }
+            Some(p) => Some(AuditTarget::File(resolve(base_dir, &p))),
+            None => None,
+        },
+        None => Some(AuditTarget::Stdout),
+    };
+
+    let mut issuer_names = HashSet::new();
+    let mut issuer_urls = HashSet::new();
+    let mut issuers = Vec::new();
+    for (index, issuer) in raw.issuer.iter().enumerate() {
+        let key = format!("issuer[{index}]");
+        if let Some(settings) = validate_issuer(src, issuer, &key) {
+            if !issuer_names.insert(settings.name.clone()) {
+                src.issue(
+                    issuer.get_ref().name.span().start,
+                    format!("{key}.name"),
+                    format!("duplicate issuer name {:?}", settings.name),
+                );
+            }
+            if !issuer_urls.insert(settings.issuer.clone()) {
+                src.issue(
+                    issuer.get_ref().issuer.span().start,
+                    format!("{key}.issuer"),
+                    format!("issuer {:?} is configured twice", settings.issuer),
+                );
+            }
+            issuers.push(settings);
+        }
+    }
+    if raw.issuer.is_empty() && !raw.route.is_empty() {
+        src.issue(
+            0,
+            "issuer",
+            "no [[issuer]] configured: every route requires a verified identity",
+        );
+    }
+
+    let mut route_names = HashSet::new();
+    let mut prefixes = HashSet::new();
+    let mut routes = Vec::new();
+    for (index, route) in raw.route.iter().enumerate() {
+        let key = format!("route[{index}]");
+        if let Some(settings) = validate_route(src, route, &key, base_dir) {
+            if !route_names.insert(settings.name.clone()) {
+                src.issue(
+                    route.get_ref().name.span().start,
+                    format!("{key}.name"),
+                    format!("duplicate route name {:?}", settings.name),
+                );
+            }
+            if !prefixes.insert(settings.prefix.clone()) {
+                src.issue(
+                    route.get_ref().path.span().start,
+                    format!("{key}.path"),
+                    format!(
+                        "another route already has path {:?}",
+                        route.get_ref().path.get_ref()
+                    ),
+                );
+            }
+            routes.push(settings);
+        }
+    }
+
+    Some(Settings {
+        source: src.file.clone().into(),
+        server: server?,
+        audit: audit?,
+        issuers,
+        routes,
+    })
+}
+
+fn validate_server(src: &mut Source<'_>, raw: &RawConfig) -> Option<ServerSettings> {
+    let default = super::RawServer::default();
+    let server = raw
+        .server
+        .as_ref()
+        .map(Spanned::get_ref)
+        .unwrap_or(&default);
+    let listen = socket_addr(src, server.listen.as_ref(), "server.listen", DEFAULT_LISTEN);
+    let admin_listen = socket_addr(
+        src,
+        server.admin_listen.as_ref(),
+        "server.admin_listen",
+        DEFAULT_ADMIN_LISTEN,
+    );
+    if let (Some(a), Some(b), Some(field)) = (listen, admin_listen, server.admin_listen.as_ref())
+        && a == b
+        && a.port() != 0
+    {
+        src.issue(
+            field.span().start,
+            "server.admin_listen",
+            "must differ from server.listen: admin endpoints never share the proxy port",
+        );
+    }
+    let public_url = match &server.public_url {
+        Some(value) => {
+            src.text(value, "server.public_url")
+                .and_then(|url| match url.parse::<Uri>() {
+                    Ok(uri) if uri.scheme().is_some() && uri.authority().is_some() => {
+                        Some(url.trim_end_matches('/').to_string())
+                    }
+                    _ => {
+                        src.issue(
+                            value.span().start,
+                            "server.public_url",
+                            format!("{url:?} is not an absolute http(s) URL"),
+                        );
+                        None
+                    }
+                })
+        }
+        None => listen.map(|addr| format!("http://{addr}")),
+    };
+    let duration = |src: &mut Source<'_>, v: &Option<Text>, key: &str, default: u64| {
+        duration_or(src, v.as_ref(), key, Duration::from_secs(default))
+    };
+    let upstream_connect_timeout = duration(
+        src,
+        &server.upstream_connect_timeout,
+        "server.upstream_connect_timeout",
+        5,
+    );
+    let shutdown_grace = duration(src, &server.shutdown_grace, "server.shutdown_grace", 30);
+    let assertion_lifetime = duration(
+        src,
+        &server.assertion_lifetime,
+        "server.assertion_lifetime",
+        300,
+    );
+    if let (Some(lifetime), Some(field)) = (assertion_lifetime, &server.assertion_lifetime)
+        && (lifetime < Duration::from_secs(10) || lifetime > Duration::from_secs(3600))
+    {
+        src.issue(
+            field.span().start,
+            "server.assertion_lifetime",
+            "must be between 10s and 1h (assertions are short-lived)",
+        );
+    }
+    let assertion_key = match &server.assertion_key {
+        Some(value) => src
+            .text(value, "server.assertion_key")
+            .map(|p| Some(PathBuf::from(p))),
+        None => Some(None),
+    };
+    let workers = match &server.workers {
+        Some(w) if (1..=1024).contains(w.get_ref()) => Some(Some(*w.get_ref() as usize)),
+        Some(w) => {
+            src.issue(
+                w.span().start,
+                "server.workers",
+                "must be between 1 and 1024",
+            );
+            None
+        }
+        None => Some(None),
+    };
+    Some(ServerSettings {
+        listen: listen?,
+        admin_listen: admin_listen?,
+        public_url: public_url?,
+        upstream_connect_timeout: upstream_connect_timeout?,
+        shutdown_grace: shutdown_grace?,
+        assertion_lifetime: assertion_lifetime?,
+        assertion_key: assertion_key?,
+        trust_forwarded_headers: server
+            .trust_forwarded_headers
+            .as_ref()
+            .map(|b| *b.get_ref())
+            .unwrap_or(false),
+        workers: workers?,
+    })
+}
+
+fn validate_issuer(
+    src: &mut Source<'_>,
+    issuer: &Spanned<RawIssuer>,
+    key: &str,
+) -> Option<IssuerSettings> {
+    let table_at = issuer.span().start;
+    let raw = issuer.get_ref();
+    let name = identifier(src, &raw.name, &format!("{key}.name"));
+    let insecure = raw.insecure.as_ref().map(|b| *b.get_ref()).unwrap_or(false);
+    let issuer_url = src
+        .text(&raw.issuer, &format!("{key}.issuer"))
+        .and_then(|url| {
+            check_fetch_url(src, &raw.issuer, &format!("{key}.issuer"), &url, insecure)
+                .then_some(url)
+        });
+
+    let audiences = match &raw.audiences {
+        Some(list) if !list.is_empty() => texts(src, list, &format!("{key}.audiences")),
+        Some(list) => {
+            let at = list.first().map(|t| t.span().start).unwrap_or(table_at);
+            src.issue(
+                at,
+                format!("{key}.audiences"),
+                "must not be empty: a token must be meant for hfgate",
+            );
+            None
+        }
+        None => {
+            src.issue(
+                table_at,
+                format!("{key}.audiences"),
+                "required: list the audiences hfgate accepts, e.g. audiences = [\"hfgate\"]",
+            );
+            None
+        }
+    };
+    let audience_claims = match &raw.audience_claims {
+        Some(list) if !list.is_empty() => texts(src, list, &format!("{key}.audience_claims")),
+        Some(_) => {
+            src.issue(
+                table_at,
+                format!("{key}.audience_claims"),
+                "must not be empty",
+            );
+            None
+        }
+        None => Some(vec!["aud".to_string()]),
+    };
+
+    let jwks = match &raw.jwks_uri {
+        Some(value) => src.text(value, &format!("{key}.jwks_uri")).and_then(|url| {
+            check_fetch_url(src, value, &format!("{key}.jwks_uri"), &url, insecure)
+                .then_some(JwksSource::Uri(url))
+        }),
+        None => issuer_url.as_ref().map(|url| {
+            JwksSource::Discovery(format!(
+                "{}/.well-known/openid-configuration",
+                url.trim_end_matches('/')
+            ))
+        }),
+    };
+
+    let algorithms = match &raw.algorithms {
+        Some(list) if list.is_empty() => {
+            src.issue(table_at, format!("{key}.algorithms"), "must not be empty");
+            None
+        }
+        Some(list) => {
+            let mut algs = Vec::new();
+            let mut ok = true;
+            for item in list {
+                let name = item.get_ref();
+                match Algorithm::from_name(name) {
+                    Some(alg) => algs.push(alg),
+                    None => {
+                        ok = false;
+                        let why = if name.eq_ignore_ascii_case("none")
+                            || name.to_ascii_uppercase().starts_with("HS")
+                        {
+                            format!(
+                                "{name} is never accepted: hfgate only verifies asymmetric signatures"
+                            )
+                        } else {
+                            format!(
+                                "unknown algorithm {name:?}; supported: RS256 RS384 RS512 PS256 PS384 PS512 ES256 ES384 EdDSA"
+                            )
+                        };
+                        src.issue(item.span().start, format!("{key}.algorithms"), why);
+                    }
+                }
+            }
+            ok.then_some(algs)
+        }
+        None => Some(Algorithm::ALL.to_vec()),
+    };
+
+    let claim =
+        |src: &mut Source<'_>, v: &Option<Text>, field: &str, default: &str| -> Option<ClaimPath> {
+            match v {
+                Some(value) => src.text(value, &format!("{key}.{field}")).and_then(|p| {
+                    if p.is_empty() {
+                        src.issue(
+                            value.span().start,
+                            format!("{key}.{field}"),
+                            "must not be empty",
+                        );
+                        None
+                    } else {
+                        Some(ClaimPath(p))
+                    }
+                }),
+                None => Some(ClaimPath(default.to_string())),
+            }
+        };
+    let groups_claim = claim(src, &raw.groups_claim, "groups_claim", "groups");
+    let email_claim = claim(src, &raw.email_claim, "email_claim", "email");
+    let leeway = duration_or(
+        src,
+        raw.leeway.as_ref(),
+        &format!("{key}.leeway"),
+        Duration::from_secs(60),
+    );
+    if let (Some(l), Some(field)) = (leeway, &raw.leeway)
+        && l > Duration::from_secs(600)
+    {
+        src.issue(
+            field.span().start,
+            format!("{key}.leeway"),
+            "must be at most 10m: clock skew larger than that is a broken clock",
+        );
+    }
+    let max_token_lifetime = match &raw.max_token_lifetime {
+        Some(value) => src
+            .text(value, &format!("{key}.max_token_lifetime"))
+            .and_then(|t| {
+                if t == "none" {
+                    return Some(None);
+                }
+                match parse_duration(&t) {
+                    Ok(d) if d.is_zero() => {
+                        src.issue(
+                            value.span().start,
+                            format!("{key}.max_token_lifetime"),
+                            "must be positive (or \"none\" to disable)",
+                        );
+                        None
+                    }
+                    Ok(d) => Some(Some(d)),
+                    Err(e) => {
+                        src.issue(value.span().start, format!("{key}.max_token_lifetime"), e);
+                        None
+                    }
+                }
+            }),
+        None => Some(Some(Duration::from_secs(24 * 3600))),
+    };
+    let require_typ = match &raw.require_typ {
+        Some(value) => src.text(value, &format!("{key}.require_typ")).map(Some),
+        None => Some(None),
+    };
+    let kind = match &raw.kind {
+        Some(value) => match value.get_ref().as_str() {
+            "auto" => Some(KindRule::Auto),
+            "user" => Some(KindRule::User),
+            "workload" => Some(KindRule::Workload),
+            other => {
+                src.issue(
+                    value.span().start,
+                    format!("{key}.kind"),
+                    format!("unknown kind {other:?}: use auto, user or workload"),
+                );
+                None
+            }
+        },
+        None => Some(KindRule::Auto),
+    };
+    let jwks_refresh_interval = duration_or(
+        src,
+        raw.jwks_refresh_interval.as_ref(),
+        &format!("{key}.jwks_refresh_interval"),
+        Duration::from_secs(300),
+    );
+    let jwks_refetch_min_interval = duration_or(
+        src,
+        raw.jwks_refetch_min_interval.as_ref(),
+        &format!("{key}.jwks_refetch_min_interval"),
+        Duration::from_secs(30),
+    );
+    let jwks_max_stale = duration_or(
+        src,
+        raw.jwks_max_stale.as_ref(),
+        &format!("{key}.jwks_max_stale"),
+        Duration::from_secs(24 * 3600),
+    );
+    if let (Some(d), Some(field)) = (jwks_refresh_interval, &raw.jwks_refresh_interval)
+        && d < Duration::from_secs(1)
+    {
+        src.issue(
+            field.span().start,
+            format!("{key}.jwks_refresh_interval"),
+            "must be at least 1s",
+        );
+    }
+
+    Some(IssuerSettings {
+        name: name?,
+        issuer: issuer_url?,
+        audiences: audiences?,
+        audience_claims: audience_claims?,
+        jwks: jwks?,
+        algorithms: algorithms?,
+        groups_claim: groups_claim?,
+        email_claim: email_claim?,
+        leeway: leeway?,
+        max_token_lifetime: max_token_lifetime?,
+        require_typ: require_typ?,
+        kind: kind?,
+        insecure,
+        jwks_refresh_interval: jwks_refresh_interval?,
+        jwks_refetch_min_interval: jwks_refetch_min_interval?,
+        jwks_max_stale: jwks_max_stale?,
+    })
+}
+
+fn validate_route(
+    src: &mut Source<'_>,
+    route: &Spanned<RawRoute>,
+    key: &str,
+    base_dir: &Path,
+) -> Option<RouteSettings> {
+    let raw = route.get_ref();
+    let name = identifier(src, &raw.name, &format!("{key}.name"));
+    let prefix = src
+        .text(&raw.path, &format!("{key}.path"))
+        .and_then(|path| {
+            let problem = if !path.starts_with('/') {
+                Some("must start with '/'")
+            } else if path.starts_with("/.hfgate") {
+                Some("/.hfgate/ is reserved for hfgate's own endpoints")
+            } else if crate::route::normalize_path(&path).is_err()
+                || path.contains('?')
+                || path.contains('#')
+            {
+                Some("must be a plain path prefix (no '..', '//', '%2F', '?' or '#')")
+            } else {
+                None
+            };
+            match problem {
+                Some(why) => {
+                    src.issue(
+                        raw.path.span().start,
+                        format!("{key}.path"),
+                        format!("{path:?} {why}"),
+                    );
+                    None
+                }
+                None => Some(path.trim_end_matches('/').to_string()),
+            }
+        });
+    let upstream = src
+        .text(&raw.upstream, &format!("{key}.upstream"))
+        .and_then(|url| match url.parse::<Uri>() {
+            Ok(uri)
+                if matches!(uri.scheme_str(), Some("http" | "https"))
+                    && uri.authority().is_some()
+                    && uri.query().is_none() =>
+            {
+                let authority = uri.authority().cloned()?;
+                Some(UpstreamUrl {
+                    scheme: uri.scheme().cloned()?,
+                    authority,
+                    base_path: uri.path().trim_end_matches('/').to_string(),
+                })
+            }
+            _ => {
+                src.issue(
+                    raw.upstream.span().start,
+                    format!("{key}.upstream"),
+                    format!("{url:?} is not an http:// or https:// URL without a query"),
+                );
+                None
+            }
+        });
+    let api = match &raw.api {
+        Some(value) => match ApiKind::NAMES.iter().find(|(n, _)| n == value.get_ref()) {
+            Some((_, kind)) => Some(*kind),
+            None => {
+                src.issue(value.span().start, format!("{key}.api"), format!("unknown api {:?}: use openai, tgi, tei, hf-inference, router, hub or generic", value.get_ref()));
+                None
+            }
+        },
+        None => Some(ApiKind::Generic),
+    };
+    let model = match &raw.model {
+        Some(value) => src.text(value, &format!("{key}.model")).map(Some),
+        None => Some(None),
+    };
+    let credential = match &raw.credential {
+        Some(value) => src
+            .text(value, &format!("{key}.credential"))
+            .and_then(|spec| credential(src, value, &format!("{key}.credential"), &spec, base_dir)),
+        None => Some(Credential::None),
+    };
+    let timeout = duration_or(
+        src,
+        raw.timeout.as_ref(),
+        &format!("{key}.timeout"),
+        Duration::from_secs(300),
+    );
+    let idle_timeout = duration_or(
+        src,
+        raw.idle_timeout.as_ref(),
+        &format!("{key}.idle_timeout"),
+        Duration::from_secs(120),
+    );
+    for (value, field, name) in [
+        (timeout, &raw.timeout, "timeout"),
+        (idle_timeout, &raw.idle_timeout, "idle_timeout"),
+    ] {
+        if let (Some(d), Some(f)) = (value, field)
+            && d.is_zero()
+        {
+            src.issue(f.span().start, format!("{key}.{name}"), "must be positive");
+        }
+    }
+    Some(RouteSettings {
+        name: name?,
+        prefix: prefix?,
+        upstream: upstream?,
+        api: api?,
+        model: model?,
+        credential: credential?,
+        strip_prefix: raw
+            .strip_prefix
+            .as_ref()
+            .map(|b| *b.get_ref())
+            .unwrap_or(false),
+        timeout: timeout?,
+        idle_timeout: idle_timeout?,
+    })
+}
+
+fn credential(
+    src: &mut Source<'_>,
+    value: &Text,
+    key: &str,
+    spec: &str,
+    base_dir: &Path,
+) -> Option<Credential> {
+    let at = value.span().start;
+    let secret = if spec == "none" {
+        return Some(Credential::None);
+    } else if spec == "passthrough" {
+        return Some(Credential::Passthrough);
+    } else if let Some(name) = spec.strip_prefix("env:") {
+        match std::env::var(name) {
+            Ok(v) => v.trim().to_string(),
+            Err(_) => {
+                src.issue(at, key, format!("environment variable {name} is not set"));
+                return None;
+            }
+        }
+    } else if let Some(path) = spec.strip_prefix("file:") {
+        let path = resolve(base_dir, path);
+        match std::fs::read_to_string(&path) {
+            Ok(v) => v.trim().to_string(),
+            Err(e) => {
+                src.issue(at, key, format!("cannot read {}: {e}", path.display()));
+                return None;
+            }
+        }
+    } else {
+        src.issue(at, key, "must be env:NAME, file:PATH, none or passthrough (a literal secret does not belong in the config file)");
+        return None;
+    };
+    if secret.is_empty() {
+        src.issue(at, key, format!("{spec} is empty"));
+        return None;
+    }
+    match HeaderValue::from_str(&format!("Bearer {secret}")) {
+        Ok(mut header) => {
+            header.set_sensitive(true);
+            Some(Credential::Static {
+                header,
+                origin: spec.to_string(),
+            })
+        }
+        Err(_) => {
+            src.issue(
+                at,
+                key,
+                format!("{spec} holds characters that cannot go in an HTTP header"),
+            );
+            None
+        }
+    }
+}
+
+fn identifier(src: &mut Source<'_>, value: &Text, key: &str) -> Option<String> {
+    let name = src.text(value, key)?;
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        src.issue(
+            value.span().start,
+            key,
+            format!("{name:?} must be 1-64 characters of letters, digits, '-', '_' or '.'"),
+        );
+        return None;
+    }
+    Some(name)
+}
+
+fn texts(src: &mut Source<'_>, list: &[Text], key: &str) -> Option<Vec<String>> {
+    let mut out = Vec::with_capacity(list.len());
+    let mut ok = true;
+    for item in list {
+        match src.text(item, key) {
+            Some(v) if !v.is_empty() => out.push(v),
+            Some(_) => {
+                src.issue(item.span().start, key, "must not contain an empty string");
+                ok = false;
+            }
+            None => ok = false,
+        }
+    }
+    ok.then_some(out)
+}
+
+fn socket_addr(
+    src: &mut Source<'_>,
+    value: Option<&Text>,
+    key: &str,
+    default: &str,
+) -> Option<SocketAddr> {
+    let Some(value) = value else {
+        return default.parse().ok();
+    };
+    let text = src.text(value, key)?;
+    match text.parse::<SocketAddr>() {
+        Ok(addr) => Some(addr),
+        Err(_) => {
+            src.issue(
+                value.span().start,
+                key,
+                format!("{text:?} is not an IP:port address, e.g. \"127.0.0.1:8080\""),
+            );
+            None
+        }
+    }
+}
+
+fn duration_or(
+    src: &mut Source<'_>,
+    value: Option<&Text>,
+    key: &str,
+    default: Duration,
+) -> Option<Duration> {
+    let Some(value) = value else {
+        return Some(default);
+    };
+    let text = src.text(value, key)?;
+    match parse_duration(&text) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            src.issue(value.span().start, key, e);
+            None
+        }
+    }
+}
+
+/// https is required for anything hfgate fetches keys from, except on loopback or with `insecure = true`.
+fn check_fetch_url(
+    src: &mut Source<'_>,
+    value: &Text,
+    key: &str,
+    url: &str,
+    insecure: bool,
+) -> bool {
+    let Ok(uri) = url.parse::<Uri>() else {
+        src.issue(value.span().start, key, format!("{url:?} is not a URL"));
+        return false;
+    };
+    let (Some(scheme), Some(host)) = (uri.scheme_str(), uri.host()) else {
+        src.issue(
+            value.span().start,
+            key,
+            format!("{url:?} is not an absolute URL"),
+        );
+        return false;
+    };
+    match scheme {
+        "https" => true,
+        "http" if insecure || is_loopback_host(host) => true,
+        "http" => {
+            src.issue(value.span().start, key, format!("{url:?} uses plain http: https is required except on loopback (set insecure = true to override)"));
+            false
+        }
+        _ => {
+            src.issue(
+                value.span().start,
+                key,
+                format!("{url:?} must be an https:// URL"),
+            );
+            false
+        }
+    }
+}
+
+/// `localhost`, `127.0.0.0/8` or `[::1]`.
+pub fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<IpAddr>()
+            .map(|ip| ip.is_loopback())
+            .unwrap_or(false)
+}
+
+fn resolve(base_dir: &Path, path: &str) -> PathBuf {
+    let path = Path::new(path);
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        base_dir.join(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn claims(v: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+        v.as_object().cloned().expect("object")
+    }
+
+    #[test]
+    fn claim_paths_handle_colons_urls_and_nesting() {
+        let c = claims(json!({
+            "cognito:groups": ["a"],
+            "https://example.com/groups": ["b"],
+            "realm_access": {"roles": ["c"]},
+            "https://example.com/claims": {"team.name": "d"}
+        }));
+        assert_eq!(
+            ClaimPath("cognito:groups".into()).lookup(&c),
+            Some(&json!(["a"]))
+        );
+        assert_eq!(
+            ClaimPath("https://example.com/groups".into()).lookup(&c),
+            Some(&json!(["b"]))
+        );
+        assert_eq!(
+            ClaimPath("realm_access.roles".into()).lookup(&c),
+            Some(&json!(["c"]))
+        );
+        assert_eq!(
+            ClaimPath("https://example.com/claims.team.name".into()).lookup(&c),
+            Some(&json!("d"))
+        );
+        assert_eq!(ClaimPath("realm_access.missing".into()).lookup(&c), None);
+    }
+
+    #[test]
+    fn loopback_hosts() {
+        assert!(is_loopback_host("127.0.0.1"));
+        assert!(is_loopback_host("127.8.9.10"));
+        assert!(is_loopback_host("[::1]"));
+        assert!(is_loopback_host("LOCALHOST"));
+        assert!(!is_loopback_host("10.0.0.1"));
+        assert!(!is_loopback_host("idp.example.com"));
+    }
+}

@@ -1,0 +1,22 @@
+//! hfgate: an identity-aware reverse proxy for Hugging Face model endpoints.
+//!
+//! Every request is checked at the door (OpenID Connect bearer JWTs, verified against the issuer's
+//! JWKS), forwarded with the organisation's Hugging Face credential instead of the caller's, streamed
+//! back untouched, and recorded in an audit line that names the verified caller.
+//!
+//! Stages, one module each: [`route`] → [`authn`] → [`proxy`] (rewrite, forward, observe) → [`audit`].
+#![forbid(unsafe_code)]
+
+pub mod assertion;
+pub mod audit;
+pub mod authn;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod jose;
+pub mod metrics;
+pub mod proxy;
+pub mod route;
+pub mod server;

@@ -1,0 +1,140 @@
+//! Prometheus metrics, served on the admin listener at `/metrics`. Label values are bounded: route and
+//! issuer names come from the config, failure reasons from [`crate::authn::AuthError::code`].
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteStatus {
+    route: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Reason {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IssuerResult {
+    issuer: String,
+    result: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 1 ms .. ~65 s
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RouteStatus, Counter>,
+    auth_failures: Family<Reason, Counter>,
+    upstream_latency: Family<RouteLabel, Histogram, fn() -> Histogram>,
+    jwks_fetches: Family<IssuerResult, Counter>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("hfgate");
+        let requests = Family::<RouteStatus, Counter>::default();
+        let auth_failures = Family::<Reason, Counter>::default();
+        let upstream_latency =
+            Family::<RouteLabel, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram,
+            );
+        let jwks_fetches = Family::<IssuerResult, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests by route and response status",
+            requests.clone(),
+        );
+        registry.register(
+            "auth_failures",
+            "Refused authentications by reason",
+            auth_failures.clone(),
+        );
+        registry.register(
+            "upstream_latency_seconds",
+            "Time until the upstream's response headers",
+            upstream_latency.clone(),
+        );
+        registry.register(
+            "jwks_fetches",
+            "JWKS fetches by issuer and result",
+            jwks_fetches.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            auth_failures,
+            upstream_latency,
+            jwks_fetches,
+        }
+    }
+
+    pub fn request(&self, route: &str, status: u16) {
+        self.requests
+            .get_or_create(&RouteStatus {
+                route: route.to_string(),
+                status: status.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn auth_failure(&self, reason: &'static str) {
+        self.auth_failures
+            .get_or_create(&Reason {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn upstream_latency(&self, route: &str, elapsed: Duration) {
+        self.upstream_latency
+            .get_or_create(&RouteLabel {
+                route: route.to_string(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn jwks_fetch(&self, issuer: &str, result: &'static str) {
+        self.jwks_fetches
+            .get_or_create(&IssuerResult {
+                issuer: issuer.to_string(),
+                result: result.to_string(),
+            })
+            .inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

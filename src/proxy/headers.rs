@@ -1,0 +1,255 @@
+//! Header hygiene, both directions. Upstream: hop-by-hop headers (and those named in `Connection`),
+//! the caller's credentials and every identity header a client could spoof are removed before hfgate
+//! sets its own. Downstream: hop-by-hop headers are removed.
+
+use std::net::SocketAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use crate::authn::Identity;
+
+/// RFC 9110 §7.6.1 connection-specific fields, plus the legacy ones proxies still see.
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Headers only hfgate may set upstream.
+const SPOOFABLE: [&str; 9] = [
+    "authorization",
+    "x-forwarded-user",
+    "x-forwarded-email",
+    "x-forwarded-groups",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "forwarded",
+    "x-request-id",
+];
+
+pub const X_FORWARDED_USER: HeaderName = HeaderName::from_static("x-forwarded-user");
+pub const X_FORWARDED_EMAIL: HeaderName = HeaderName::from_static("x-forwarded-email");
+pub const X_FORWARDED_GROUPS: HeaderName = HeaderName::from_static("x-forwarded-groups");
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub const X_HFGATE_ASSERTION: HeaderName = HeaderName::from_static("x-hfgate-assertion");
+
+/// Names listed in `Connection` (lowercased), which are hop-by-hop for this message.
+fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().to_ascii_lowercase().as_bytes()).ok())
+        .collect()
+}
+
+fn is_hop_by_hop(name: &HeaderName, named: &[HeaderName]) -> bool {
+    HOP_BY_HOP.contains(&name.as_str()) || named.contains(name)
+}
+
+/// What hfgate puts on the upstream request besides the copied headers.
+#[derive(Debug)]
+pub struct UpstreamIdentity<'a> {
+    pub identity: &'a Identity,
+    pub authorization: Option<HeaderValue>,
+    pub assertion: Option<HeaderValue>,
+    pub request_id: &'a str,
+    pub peer: SocketAddr,
+    pub proto: &'static str,
+    pub trust_forwarded: bool,
+}
+
+/// Builds the upstream request's headers from the client's.
+pub fn upstream_headers(client: &HeaderMap, up: UpstreamIdentity<'_>) -> HeaderMap {
+    let named = connection_named(client);
+    let mut out = HeaderMap::with_capacity(client.len() + 8);
+    let mut prior_for: Option<&HeaderValue> = None;
+    let mut host: Option<&HeaderValue> = None;
+    for (name, value) in client {
+        let n = name.as_str();
+        if *name == header::HOST {
+            host = Some(value);
+            continue;
+        }
+        if *name == X_FORWARDED_FOR && prior_for.is_none() {
+            prior_for = Some(value);
+        }
+        if is_hop_by_hop(name, &named) || SPOOFABLE.contains(&n) || n.starts_with("x-hfgate-") {
+            continue;
+        }
+        out.append(name.clone(), value.clone());
+    }
+    if let Some(auth) = up.authorization {
+        out.insert(header::AUTHORIZATION, auth);
+    }
+    let headers = &up.identity.headers;
+    out.insert(X_FORWARDED_USER, headers.user.clone());
+    if let Some(email) = &headers.email {
+        out.insert(X_FORWARDED_EMAIL, email.clone());
+    }
+    if let Some(groups) = &headers.groups {
+        out.insert(X_FORWARDED_GROUPS, groups.clone());
+    }
+    if let Some(assertion) = up.assertion {
+        out.insert(X_HFGATE_ASSERTION, assertion);
+    }
+    if let Ok(id) = HeaderValue::from_str(up.request_id) {
+        out.insert(X_REQUEST_ID, id);
+    }
+    let peer_ip = up.peer.ip().to_string();
+    let forwarded_for = match (up.trust_forwarded, prior_for.and_then(|v| v.to_str().ok())) {
+        (true, Some(prior)) => format!("{prior}, {peer_ip}"),
+        _ => peer_ip,
+    };
+    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+        out.insert(X_FORWARDED_FOR, value);
+    }
+    out.insert(X_FORWARDED_PROTO, HeaderValue::from_static(up.proto));
+    if let Some(host) = host {
+        out.insert(X_FORWARDED_HOST, host.clone());
+    }
+    out
+}
+
+/// Removes hop-by-hop headers from an upstream response.
+pub fn clean_response_headers(headers: &mut HeaderMap) {
+    let named = connection_named(headers);
+    for name in HOP_BY_HOP
+        .iter()
+        .copied()
+        .map(HeaderName::from_static)
+        .chain(named)
+    {
+        headers.remove(&name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::authn::claims::identity_from_claims;
+    use crate::config::{ClaimPath, IssuerSettings, JwksSource, KindRule};
+    use std::time::Duration;
+
+    fn identity() -> Identity {
+        let settings = IssuerSettings {
+            name: "corp".into(),
+            issuer: "https://idp".into(),
+            audiences: vec!["hfgate".into()],
+            audience_claims: vec!["aud".into()],
+            jwks: JwksSource::Uri("https://idp/jwks".into()),
+            algorithms: vec![],
+            groups_claim: ClaimPath("groups".into()),
+            email_claim: ClaimPath("email".into()),
+            leeway: Duration::from_secs(60),
+            max_token_lifetime: None,
+            require_typ: None,
+            kind: KindRule::Auto,
+            insecure: false,
+            jwks_refresh_interval: Duration::from_secs(300),
+            jwks_refetch_min_interval: Duration::from_secs(30),
+            jwks_max_stale: Duration::from_secs(3600),
+        };
+        let claims =
+            serde_json::json!({"sub": "alice", "email": "a@x", "groups": ["ml,research", "ops"]});
+        identity_from_claims(&settings, claims.as_object().expect("obj"), 0)
+    }
+
+    #[test]
+    fn spoofed_and_hop_by_hop_headers_are_replaced() {
+        let mut client = HeaderMap::new();
+        client.insert(header::HOST, HeaderValue::from_static("gate.example"));
+        client.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer caller-token"),
+        );
+        client.insert("x-forwarded-user", HeaderValue::from_static("admin"));
+        client.insert("x-forwarded-groups", HeaderValue::from_static("admins"));
+        client.insert("x-hfgate-assertion", HeaderValue::from_static("forged"));
+        client.insert("x-hfgate-anything", HeaderValue::from_static("forged"));
+        client.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
+        client.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        );
+        client.insert("x-secret-hop", HeaderValue::from_static("1"));
+        client.insert("te", HeaderValue::from_static("trailers"));
+        client.insert("accept", HeaderValue::from_static("text/event-stream"));
+        let identity = identity();
+        let out = upstream_headers(
+            &client,
+            UpstreamIdentity {
+                identity: &identity,
+                authorization: Some(HeaderValue::from_static("Bearer hf_org")),
+                assertion: None,
+                request_id: "rid",
+                peer: "10.1.2.3:5555".parse().expect("addr"),
+                proto: "http",
+                trust_forwarded: false,
+            },
+        );
+        assert_eq!(out[header::AUTHORIZATION], "Bearer hf_org");
+        assert_eq!(out["x-forwarded-user"], "alice");
+        assert_eq!(out["x-forwarded-email"], "a@x");
+        assert_eq!(out["x-forwarded-groups"], "ml%2Cresearch,ops");
+        assert_eq!(out["x-forwarded-for"], "10.1.2.3");
+        assert_eq!(out["x-forwarded-host"], "gate.example");
+        assert_eq!(out["x-forwarded-proto"], "http");
+        assert_eq!(out["x-request-id"], "rid");
+        assert_eq!(out["accept"], "text/event-stream");
+        for gone in [
+            "x-hfgate-assertion",
+            "x-hfgate-anything",
+            "x-secret-hop",
+            "connection",
+            "te",
+            "host",
+        ] {
+            assert!(!out.contains_key(gone), "{gone} must not go upstream");
+        }
+    }
+
+    #[test]
+    fn trusted_forwarded_for_is_appended() {
+        let mut client = HeaderMap::new();
+        client.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
+        let identity = identity();
+        let out = upstream_headers(
+            &client,
+            UpstreamIdentity {
+                identity: &identity,
+                authorization: None,
+                assertion: None,
+                request_id: "rid",
+                peer: "10.1.2.3:5555".parse().expect("addr"),
+                proto: "https",
+                trust_forwarded: true,
+            },
+        );
+        assert_eq!(out["x-forwarded-for"], "1.2.3.4, 10.1.2.3");
+        assert!(!out.contains_key(header::AUTHORIZATION));
+    }
+
+    #[test]
+    fn response_hop_by_hop_headers_are_removed() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("x-internal"));
+        headers.insert("x-internal", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert("x-generated-tokens", HeaderValue::from_static("5"));
+        clean_response_headers(&mut headers);
+        assert_eq!(headers.len(), 1);
+        assert!(headers.contains_key("x-generated-tokens"));
+    }
+}
