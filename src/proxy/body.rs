@@ -138,6 +138,10 @@ where
                 }
                 let next = Instant::now() + this.idle;
                 this.deadline.as_mut().reset(next);
+                // With a known length the server may stop polling after the last byte: end here.
+                if this.inner.is_end_stream() {
+                    this.end(None);
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(err))) => {
