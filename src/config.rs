@@ -179,6 +179,24 @@ impl<'a> Source<'a> {
         }
     }
 
+    /// Where `key = ...` is written in the table starting at `table_at` (the table itself if absent).
+    pub fn key_offset(&self, table_at: usize, key: &str) -> usize {
+        let mut pos = table_at.min(self.text.len());
+        for line in self.text[pos..].split_inclusive('\n') {
+            let trimmed = line.trim_start();
+            if pos > table_at && trimmed.starts_with('[') {
+                break;
+            }
+            if let Some(rest) = trimmed.strip_prefix(key)
+                && rest.trim_start().starts_with('=')
+            {
+                return pos;
+            }
+            pos += line.len();
+        }
+        table_at
+    }
+
     /// Dotted key path (`route[1].api`) of the table that holds `offset`, plus `leaf`.
     fn key_path_at(&self, offset: usize, leaf: &str) -> String {
         let mut table = String::new();

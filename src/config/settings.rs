@@ -229,26 +229,29 @@ pub(super) fn validate(src: &mut Source<'_>, raw: RawConfig, base_dir: &Path) ->
         None => Some(AuditTarget::Stdout),
     };
 
+    // Duplicates are judged on the raw values, so they are reported even when other fields are bad.
     let mut issuer_names = HashSet::new();
     let mut issuer_urls = HashSet::new();
     let mut issuers = Vec::new();
     for (index, issuer) in raw.issuer.iter().enumerate() {
         let key = format!("issuer[{index}]");
+        let raw_issuer = issuer.get_ref();
+        if !issuer_names.insert(raw_issuer.name.get_ref().clone()) {
+            let message = format!("duplicate issuer name {:?}", raw_issuer.name.get_ref());
+            src.issue(raw_issuer.name.span().start, format!("{key}.name"), message);
+        }
+        if !issuer_urls.insert(raw_issuer.issuer.get_ref().clone()) {
+            let message = format!(
+                "issuer {:?} is configured twice",
+                raw_issuer.issuer.get_ref()
+            );
+            src.issue(
+                raw_issuer.issuer.span().start,
+                format!("{key}.issuer"),
+                message,
+            );
+        }
         if let Some(settings) = validate_issuer(src, issuer, &key) {
-            if !issuer_names.insert(settings.name.clone()) {
-                src.issue(
-                    issuer.get_ref().name.span().start,
-                    format!("{key}.name"),
-                    format!("duplicate issuer name {:?}", settings.name),
-                );
-            }
-            if !issuer_urls.insert(settings.issuer.clone()) {
-                src.issue(
-                    issuer.get_ref().issuer.span().start,
-                    format!("{key}.issuer"),
-                    format!("issuer {:?} is configured twice", settings.issuer),
-                );
-            }
             issuers.push(settings);
         }
     }
@@ -265,24 +268,19 @@ pub(super) fn validate(src: &mut Source<'_>, raw: RawConfig, base_dir: &Path) ->
     let mut routes = Vec::new();
     for (index, route) in raw.route.iter().enumerate() {
         let key = format!("route[{index}]");
+        let raw_route = route.get_ref();
+        if !route_names.insert(raw_route.name.get_ref().clone()) {
+            let message = format!("duplicate route name {:?}", raw_route.name.get_ref());
+            src.issue(raw_route.name.span().start, format!("{key}.name"), message);
+        }
+        if !prefixes.insert(raw_route.path.get_ref().trim_end_matches('/').to_string()) {
+            let message = format!(
+                "another route already has path {:?}",
+                raw_route.path.get_ref()
+            );
+            src.issue(raw_route.path.span().start, format!("{key}.path"), message);
+        }
         if let Some(settings) = validate_route(src, route, &key, base_dir) {
-            if !route_names.insert(settings.name.clone()) {
-                src.issue(
-                    route.get_ref().name.span().start,
-                    format!("{key}.name"),
-                    format!("duplicate route name {:?}", settings.name),
-                );
-            }
-            if !prefixes.insert(settings.prefix.clone()) {
-                src.issue(
-                    route.get_ref().path.span().start,
-                    format!("{key}.path"),
-                    format!(
-                        "another route already has path {:?}",
-                        route.get_ref().path.get_ref()
-                    ),
-                );
-            }
             routes.push(settings);
         }
     }
@@ -417,8 +415,8 @@ fn validate_issuer(
 
     let audiences = match &raw.audiences {
         Some(list) if !list.is_empty() => texts(src, list, &format!("{key}.audiences")),
-        Some(list) => {
-            let at = list.first().map(|t| t.span().start).unwrap_or(table_at);
+        Some(_) => {
+            let at = src.key_offset(table_at, "audiences");
             src.issue(
                 at,
                 format!("{key}.audiences"),
@@ -463,7 +461,11 @@ fn validate_issuer(
 
     let algorithms = match &raw.algorithms {
         Some(list) if list.is_empty() => {
-            src.issue(table_at, format!("{key}.algorithms"), "must not be empty");
+            src.issue(
+                src.key_offset(table_at, "algorithms"),
+                format!("{key}.algorithms"),
+                "must not be empty",
+            );
             None
         }
         Some(list) => {
