@@ -437,7 +437,7 @@ fn validate_issuer(
         Some(list) if !list.is_empty() => texts(src, list, &format!("{key}.audience_claims")),
         Some(_) => {
             src.issue(
-                table_at,
+                src.key_offset(table_at, "audience_claims"),
                 format!("{key}.audience_claims"),
                 "must not be empty",
             );
