@@ -103,18 +103,22 @@ impl AssertionSigner {
             return Some(value);
         }
         let exp = (now + self.lifetime.as_secs()).min(identity.expires_at);
-        let claims = json!({
+        let mut claims = json!({
             "iss": self.issuer,
             "aud": route_name,
             "sub": identity.subject,
-            "email": identity.email,
             "groups": identity.groups,
             "kind": identity.kind,
-            "client_id": identity.client_id,
             "idp": &*identity.issuer_url,
             "iat": now,
             "exp": exp,
         });
+        if let Some(email) = &identity.email {
+            claims["email"] = json!(email);
+        }
+        if let Some(client_id) = &identity.client_id {
+            claims["client_id"] = json!(client_id);
+        }
         let token = self.key.sign_jwt(&json!({"typ": "JWT"}), &claims).ok()?;
         let mut value = HeaderValue::from_str(&token).ok()?;
         value.set_sensitive(true);
