@@ -72,13 +72,14 @@ pub struct Exchange {
     pub request_id: String,
     started: Instant,
     started_unix_ms: u128,
-    method: String,
-    path: String,
+    method: http::Method,
+    /// The request target as received (a cheap reference-counted clone); only its path is recorded.
+    uri: Uri,
     route: Option<Arc<Route>>,
     identity: Option<Arc<Identity>>,
     model: Option<ModelRef>,
     decision: Decision,
-    upstream: Option<String>,
+    upstream: Option<Arc<str>>,
     /// What went wrong, in more detail than the caller is told (audit only).
     error: Option<String>,
     bytes_in: Arc<AtomicU64>,
@@ -93,8 +94,8 @@ impl Exchange {
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_millis())
                 .unwrap_or(0),
-            method: method.as_str().to_string(),
-            path: uri.path().chars().take(2048).collect(),
+            method: method.clone(),
+            uri: uri.clone(),
             route: None,
             identity: None,
             model: None,
@@ -120,8 +121,8 @@ impl Exchange {
             ts: rfc3339_millis(self.started_unix_ms),
             request_id: &self.request_id,
             route,
-            method: &self.method,
-            path: &self.path,
+            method: self.method.as_str(),
+            path: truncate(self.uri.path(), 2048),
             status,
             duration_ms: (self.started.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
             bytes_in: self.bytes_in.load(Ordering::Relaxed),
@@ -159,6 +160,17 @@ impl Exchange {
         );
         response
     }
+}
+
+fn truncate(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 /// 96 random bits, hex: unique enough to join logs, audit and the caller's report.
@@ -245,10 +257,7 @@ async fn pipeline(
                 "request target cannot be forwarded",
             )
         })?;
-    exchange.upstream = Some(format!(
-        "{}://{}",
-        settings.upstream.scheme, settings.upstream.authority
-    ));
+    exchange.upstream = Some(route.origin.clone());
 
     let (parts, body) = request.into_parts();
     let upstream_headers = headers::upstream_headers(

@@ -97,6 +97,8 @@ fn is_dot_segment(segment: &str) -> bool {
 pub struct Route {
     pub index: usize,
     pub settings: RouteSettings,
+    /// `scheme://authority` of the upstream, as recorded in the audit.
+    pub origin: Arc<str>,
 }
 
 /// The routes, longest prefix first.
@@ -111,9 +113,15 @@ impl RouteTable {
             .iter()
             .enumerate()
             .map(|(index, settings)| {
+                let origin = format!(
+                    "{}://{}",
+                    settings.upstream.scheme, settings.upstream.authority
+                )
+                .into();
                 Arc::new(Route {
                     index,
                     settings: settings.clone(),
+                    origin,
                 })
             })
             .collect();
