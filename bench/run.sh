@@ -116,11 +116,13 @@ ensure_packages() {
 ensure_packages
 
 if wants haproxy; then
-  hv=$(haproxy -v 2>/dev/null | head -n1)
+  hv=$(haproxy -v 2>/dev/null || true)
+  hv=${hv%%$'\n'*}
   [[ $hv =~ version\ ([0-9]+)\.([0-9]+) ]] || die "cannot read the HAProxy version from: $hv"
   ((BASH_REMATCH[1] > 2 || (BASH_REMATCH[1] == 2 && BASH_REMATCH[2] >= 5))) \
     || die "HAProxy >= 2.5 is needed for jwt_verify; found: $hv"
-  haproxy -vv 2>/dev/null | grep -q 'USE_OPENSSL=1' || die "this HAProxy is built without OpenSSL, so it has no jwt_verify"
+  hvv=$(haproxy -vv 2>/dev/null || true)
+  [[ $hvv == *USE_OPENSSL=1* ]] || die "this HAProxy is built without OpenSSL, so it has no jwt_verify"
 fi
 
 ncpu=$(nproc)
@@ -143,7 +145,7 @@ if wants hfgate; then
   fi
   if [[ ! -x $HFGATE ]]; then
     HFGATE_STATUS="skip:no binary at $HFGATE (run 'cargo build --release' or pass --build)"
-  elif ! "$HFGATE" --help 2>/dev/null | grep -qw serve; then
+  elif ! [[ $("$HFGATE" --help 2>&1 || true) =~ (^|[[:space:]])serve[[:space:]] ]]; then
     HFGATE_STATUS="skip:'$HFGATE --help' lists no 'serve' subcommand"
   elif hfgate_stale; then
     log "warning: $HFGATE is older than the sources; measuring it anyway (use --build to rebuild)"
@@ -166,18 +168,22 @@ start_bg() { # start_bg NAME CPU CMD... ; sets LAST_PID
 
 stop_pid() {
   local pid=$1 children i
-  kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
+  kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; forget_pid "$pid"; return 0; }
   children=$(pgrep -P "$pid" 2>/dev/null || true)
   kill -TERM "$pid" 2>/dev/null || true
   for ((i = 0; i < 50; i++)); do
     kill -0 "$pid" 2>/dev/null || break
     sleep 0.1
   done
-  kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
+  if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null || true; fi
   wait "$pid" 2>/dev/null || true
   for i in $children; do kill -KILL "$i" 2>/dev/null || true; done
+  forget_pid "$pid"
+}
+
+forget_pid() {
   local kept=() p
-  for p in "${PIDS[@]}"; do [[ $p == "$pid" ]] || kept+=("$p"); done
+  for p in "${PIDS[@]+"${PIDS[@]}"}"; do [[ $p == "$1" ]] || kept+=("$p"); done
   PIDS=("${kept[@]+"${kept[@]}"}")
 }
 
@@ -230,8 +236,13 @@ wait_http() {
 
 # ---------------------------------------------------------------- setup: keys, tokens, configs
 
+# The work directory is recreated on every run; refuse to empty a directory this script did not make.
+if [[ -n ${BENCH_WORKDIR:-} && -e $WORK && ! -e $WORK/.hfgate-bench && -n $(ls -A "$WORK" 2>/dev/null) ]]; then
+  die "$WORK exists, is not empty and was not made by this benchmark; choose another BENCH_WORKDIR"
+fi
 rm -rf "$WORK"
 mkdir -p "$WORK/keys" "$RESULTS_DIR"
+touch "$WORK/.hfgate-bench"
 RUN=$WORK/run
 mkdir -p "$RUN"/{upstream-nginx.tmp,proxy-nginx.tmp}
 
@@ -243,8 +254,9 @@ python3 "$BENCH_DIR/lib/jwt.py" setup --dir "$WORK" --iss "$ISSUER" --aud "$AUDI
 next_port; UPSTREAM_PORT=$PORT
 next_port; JWKS_PORT=$PORT
 next_port; NGINX_PORT=$PORT
-next_port; HAPROXY_RS_PORT=$PORT
-next_port; HAPROXY_ES_PORT=$PORT
+declare -A HAPROXY_PORT=()
+next_port; HAPROXY_PORT[rs256]=$PORT
+next_port; HAPROXY_PORT[es256]=$PORT
 next_port; HFGATE_PORT=$PORT
 next_port; HFGATE_ADMIN_PORT=$PORT
 
@@ -254,10 +266,9 @@ render "$BENCH_DIR/conf/proxy-nginx.conf.in" "$RUN/proxy-nginx.conf" \
   RUN="$RUN" UPSTREAM_PORT="$UPSTREAM_PORT" PROXY_PORT="$NGINX_PORT"
 for alg in RS256 ES256; do
   lc=${alg,,}
-  port_var=HAPROXY_${alg:0:2}_PORT
   render "$BENCH_DIR/conf/haproxy.cfg.in" "$RUN/haproxy-$lc.cfg" \
     RUN="$RUN" ALG="$alg" ALG_LC="$lc" ISSUER="$ISSUER" AUDIENCE="$AUDIENCE" \
-    PUBKEY="$WORK/keys/$lc.pub.pem" PROXY_PORT="${!port_var}" UPSTREAM_PORT="$UPSTREAM_PORT"
+    PUBKEY="$WORK/keys/$lc.pub.pem" PROXY_PORT="${HAPROXY_PORT[$lc]}" UPSTREAM_PORT="$UPSTREAM_PORT"
 done
 AUDIT_PATH=$RUN/audit.jsonl
 render "$BENCH_DIR/conf/hfgate.toml.in" "$RUN/hfgate.toml" \
@@ -302,12 +313,10 @@ start_target() { # sets TARGET_PID TARGET_URL TARGET_TOKEN_STEM
       esac
       ;;
     haproxy-rs256 | haproxy-es256)
-      local alg=${target#haproxy-} port_var
-      port_var=HAPROXY_${alg^^}
-      port_var=${port_var:0:10}_PORT # HAPROXY_RS_PORT / HAPROXY_ES_PORT
+      local alg=${target#haproxy-}
       start_bg "$target" "$PROXY_CPU" haproxy -db -f "$RUN/haproxy-$alg.cfg"
       TARGET_PID=$LAST_PID
-      TARGET_URL="http://127.0.0.1:${!port_var}/"
+      TARGET_URL="http://127.0.0.1:${HAPROXY_PORT[$alg]}/"
       TARGET_TOKEN_STEM=$alg
       local deadline=$((SECONDS + 10))
       until [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$TARGET_URL" || true) == 401 ]]; do
@@ -376,29 +385,41 @@ proc_ticks() { # utime+stime of a process and its direct children
   done
   echo "$sum"
 }
+CHILD_TICKS=0
+children_ticks() { # sets CHILD_TICKS: user+sys of this shell's reaped children (wrk, via timeout), in clock ticks
+  times >"$RUN/times.txt" # not in a $(...) subshell: that would report the subshell's children
+  CHILD_TICKS=$(awk -v hz="$CLK_TCK" 'NR == 2 { t = 0; for (i = 1; i <= 2; i++) { split($i, a, /[ms]/); t += a[1] * 60 + a[2] }
+    printf "%d", t * hz }' "$RUN/times.txt")
+}
 thread_count() {
   local pid n=0
   for pid in "$1" $(pgrep -P "$1" 2>/dev/null || true); do
-    n=$((n + $(ls "/proc/$pid/task" 2>/dev/null | wc -l)))
+    n=$((n + $(find "/proc/$pid/task" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l)))
   done
   echo "$n"
 }
 
 run_wrk() { # run_wrk SECONDS OUTFILE
-  local auth=()
+  local auth=() pid rc=0
   [[ -n $TARGET_TOKEN_STEM ]] && auth=(-H "Authorization: Bearer $(<"$WORK/tokens/$TARGET_TOKEN_STEM-valid.jwt")")
+  # In the background and waited for, so that Ctrl-C ends the run at once (the trap stops wrk too).
   timeout --kill-after=5 $(($1 + 20)) taskset -c "$LOAD_CPU" \
     wrk -t "$THREADS" -c "$CONNECTIONS" -d "${1}s" --timeout 5s --latency \
-    -s "$BENCH_DIR/lib/report.lua" "${auth[@]+"${auth[@]}"}" "$TARGET_URL" >"$2" 2>&1
+    -s "$BENCH_DIR/lib/report.lua" "${auth[@]+"${auth[@]}"}" "$TARGET_URL" >"$2" 2>&1 </dev/null &
+  pid=$!
+  PIDS+=("$pid")
+  wait "$pid" || rc=$?
+  forget_pid "$pid"
+  return "$rc"
 }
 
 TSV=$RUN/results.tsv
-printf 'round\ttarget\tstatus\trequests\tduration_us\tp50_us\tp99_us\terr_socket\terr_status\tcpu_proxy\tcpu_load\tproc_cpu\tthreads\taudit_lines\tnote\n' >"$TSV"
+printf 'round\ttarget\tstatus\trequests\tduration_us\tp50_us\tp99_us\terr_socket\terr_status\tcpu_proxy\tcpu_load\tproc_cpu\tthreads\taudit_lines\tother_proxy\tother_load\tnote\n' >"$TSV"
 record() { # record ROUND TARGET STATUS NOTE [fields...]
   local round=$1 target=$2 status=$3 note=$4
   shift 4
-  if (($# == 0)); then set -- - - - - - - - - - - -; fi
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+  if (($# == 0)); then set -- - - - - - - - - - - - - -; fi
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
     "$round" "$target" "$status" "$@" "${note//$'\t'/ }" >>"$TSV"
 }
 
@@ -423,17 +444,25 @@ measure() { # measure ROUND TARGET
   local out=$RUN/wrk-$target-r$round
   run_wrk "$WARMUP" "$out.warmup.txt" || { record "$round" "$target" failed "wrk warm-up failed: $(tail -n 3 "$out.warmup.txt" | tr '\n' ' ')"; stop_target; FAILED=1; return 0; }
 
-  local p0 l0 pr0 p1 l1 pr1 threads
+  # CPU accounting over the measurement: both cores from /proc/stat, and what our own processes used
+  # (the proxy under test; the upstream; wrk, counted through this shell's reaped-children times).
+  local p0 l0 pr0 up0 ch0 p1 l1 pr1 up1 ch1 threads
   read -r -a p0 <<<"$(cpu_ticks "$PROXY_CPU")"
   read -r -a l0 <<<"$(cpu_ticks "$LOAD_CPU")"
   pr0=$(proc_ticks "$TARGET_PID")
+  up0=$(proc_ticks "$UPSTREAM_PID")
+  children_ticks
+  ch0=$CHILD_TICKS
   if ! run_wrk "$DURATION" "$out.txt"; then
     record "$round" "$target" failed "wrk failed: $(tail -n 3 "$out.txt" | tr '\n' ' ')"
     stop_target; FAILED=1; return 0
   fi
+  children_ticks
+  ch1=$CHILD_TICKS
   read -r -a p1 <<<"$(cpu_ticks "$PROXY_CPU")"
   read -r -a l1 <<<"$(cpu_ticks "$LOAD_CPU")"
   pr1=$(proc_ticks "$TARGET_PID")
+  up1=$(proc_ticks "$UPSTREAM_PID")
   threads=$(thread_count "$TARGET_PID")
 
   local line
@@ -443,14 +472,22 @@ measure() { # measure ROUND TARGET
   local kv
   for kv in ${line#BENCH_RESULT }; do r[${kv%%=*}]=${kv#*=}; done
 
-  local cpu_proxy cpu_load proc_cpu sock_err status=ok note=""
-  cpu_proxy=$(awk -v b="$((p1[0] - p0[0]))" -v t="$((p1[1] - p0[1]))" 'BEGIN { printf "%.0f", t ? 100 * b / t : 0 }')
-  cpu_load=$(awk -v b="$((l1[0] - l0[0]))" -v t="$((l1[1] - l0[1]))" 'BEGIN { printf "%.0f", t ? 100 * b / t : 0 }')
-  proc_cpu=$(awk -v d="$((pr1 - pr0))" -v hz="$CLK_TCK" -v us="${r[duration_us]}" 'BEGIN { printf "%.0f", 100 * d / hz / (us / 1e6) }')
+  local cpu_proxy cpu_load proc_cpu other_proxy other_load ours_proxy sock_err status=ok note=""
+  pct() { awk -v a="$1" -v t="$2" 'BEGIN { v = t > 0 ? 100 * a / t : 0; printf "%.0f", v < 0 ? 0 : v }'; }
+  cpu_proxy=$(pct "$((p1[0] - p0[0]))" "$((p1[1] - p0[1]))")
+  cpu_load=$(pct "$((l1[0] - l0[0]))" "$((l1[1] - l0[1]))")
+  proc_cpu=$(pct "$((pr1 - pr0))" "$((p1[1] - p0[1]))")
+  ours_proxy=$((pr1 - pr0))
+  [[ $target == direct ]] && ours_proxy=0 # the upstream runs on the load core
+  other_proxy=$(pct "$((p1[0] - p0[0] - ours_proxy))" "$((p1[1] - p0[1]))")
+  other_load=$(pct "$((l1[0] - l0[0] - (up1 - up0) - (ch1 - ch0)))" "$((l1[1] - l0[1]))")
   sock_err=$((r[err_connect] + r[err_read] + r[err_write] + r[err_timeout]))
-  # CPU time on the proxy core that the measured process did not use was someone else's.
-  if [[ $target != direct ]] && ((cpu_proxy - proc_cpu > 15)); then
-    note="other processes used ~$((cpu_proxy - proc_cpu)) % of CPU $PROXY_CPU"
+  # Busy time on a core that none of our processes accounts for was someone else's.
+  if ((other_proxy > 15)); then
+    note="other processes used ~${other_proxy} % of CPU $PROXY_CPU"
+  fi
+  if ((other_load > 15)); then
+    note="${note:+$note; }other processes used ~${other_load} % of CPU $LOAD_CPU"
   fi
   if ((r[err_status] > 0)); then
     status=invalid
@@ -464,6 +501,9 @@ measure() { # measure ROUND TARGET
     stop_target # flushes the audit sink before counting
     if [[ -f $AUDIT_PATH ]]; then
       audit_lines=$(wc -l <"$AUDIT_PATH")
+      # Keep a sample for inspection, not hundreds of megabytes.
+      head -n 20 "$AUDIT_PATH" >"$RUN/audit-$target.sample.jsonl" || true
+      rm -f "$AUDIT_PATH"
       if ((audit_lines < r[requests])); then
         note="${note:+$note; }audit has $audit_lines lines for ${r[requests]} measured requests"
       fi
@@ -475,14 +515,19 @@ measure() { # measure ROUND TARGET
     stop_target
   fi
   record "$round" "$target" "$status" "$note" "${r[requests]}" "${r[duration_us]}" "${r[p50_us]}" "${r[p99_us]}" \
-    "$sock_err" "${r[err_status]}" "$cpu_proxy" "$cpu_load" "$proc_cpu" "$threads" "$audit_lines"
+    "$sock_err" "${r[err_status]}" "$cpu_proxy" "$cpu_load" "$proc_cpu" "$threads" "$audit_lines" \
+    "$other_proxy" "$other_load"
   log "$target: $(awk -v n="${r[requests]}" -v us="${r[duration_us]}" 'BEGIN { printf "%.0f", n / (us / 1e6) }') req/s, p50 $((r[p50_us])) us, p99 $((r[p99_us])) us${note:+ ($note)}"
 }
 
 STARTED=$(date -u +%Y-%m-%dT%H:%M:%SZ)
-LOADAVG=$(cut -d' ' -f1-3 /proc/loadavg)
-awk -v l="${LOADAVG%% *}" 'BEGIN { exit !(l > 0.5) }' \
-  && log "warning: load average is $LOADAVG before the run; other processes will skew the numbers"
+# How busy the machine is without us: one second of all CPUs, before the first target starts.
+read -r -a i0 <<<"$(awk '$1 == "cpu" { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t }' /proc/stat)"
+sleep 1
+read -r -a i1 <<<"$(awk '$1 == "cpu" { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t }' /proc/stat)"
+IDLE_BUSY=$(((i1[0] - i0[0]) * 100 / (i1[1] - i0[1] > 0 ? i1[1] - i0[1] : 1)))
+((IDLE_BUSY <= 10)) \
+  || log "warning: the machine is ${IDLE_BUSY} % busy before the run; other processes will skew the numbers"
 for ((round = 1; round <= ROUNDS; round++)); do
   for target in "${TARGETS[@]}"; do
     measure "$round" "$target"
@@ -491,14 +536,14 @@ done
 
 # ---------------------------------------------------------------- report
 
-first_line() { "$@" 2>&1 | head -n1 || true; }
+first_line() { local out; out=$("$@" 2>&1 || true); echo "${out%%$'\n'*}"; }
 META=$RUN/meta.txt
 {
   echo "date=$STARTED"
   echo "host=$(uname -srm)"
   echo "cpu=$(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -n1)"
   echo "nproc=$ncpu"
-  echo "loadavg=$LOADAVG (1, 5, 15 min, before the run)"
+  echo "idle=${IDLE_BUSY} % of all CPUs (1 s sample)"
   echo "nginx=$(first_line nginx -v)"
   echo "haproxy=$(first_line haproxy -v)"
   echo "wrk=$(first_line wrk -v)"
@@ -506,7 +551,9 @@ META=$RUN/meta.txt
   if [[ $HFGATE_STATUS == ok ]] && wants hfgate; then
     echo "hfgate=$(first_line "$HFGATE" --version) ($HFGATE, built $(date -u -r "$HFGATE" +%Y-%m-%dT%H:%M:%SZ))"
   fi
-  echo "commit=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo none)$(git -C "$REPO" status --porcelain 2>/dev/null | grep -q . && echo ' (dirty)' || true)"
+  commit=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo none)
+  [[ -z $(git -C "$REPO" status --porcelain 2>/dev/null || true) ]] || commit+=" (uncommitted changes)"
+  echo "commit=$commit"
   echo "load=wrk -t $THREADS -c $CONNECTIONS, ${WARMUP} s warm-up + ${DURATION} s measured per target, $ROUNDS round(s)"
   echo "pinning=proxy under test on CPU $PROXY_CPU; wrk and the upstream on CPU $LOAD_CPU"
 } >"$META"

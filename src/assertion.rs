@@ -23,20 +23,14 @@ pub struct AssertionSigner {
 
 impl std::fmt::Debug for AssertionSigner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AssertionSigner")
-            .field("kid", &self.key.kid())
-            .field("issuer", &self.issuer)
-            .finish()
+        f.debug_struct("AssertionSigner").field("kid", &self.key.kid()).field("issuer", &self.issuer).finish()
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum AssertionKeyError {
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error("{path}: not a PEM or DER PKCS#8 P-256 private key")]
     Parse { path: String },
     #[error(transparent)]
@@ -53,29 +47,16 @@ impl AssertionSigner {
     ) -> Result<AssertionSigner, AssertionKeyError> {
         let key = match key_path {
             Some(path) => {
-                let bytes = std::fs::read(path).map_err(|source| AssertionKeyError::Read {
-                    path: path.display().to_string(),
-                    source,
-                })?;
+                let bytes = std::fs::read(path)
+                    .map_err(|source| AssertionKeyError::Read { path: path.display().to_string(), source })?;
                 let der = pem_to_der(&bytes).unwrap_or(bytes);
-                SigningKey::from_pkcs8(Algorithm::ES256, &der).map_err(|_| {
-                    AssertionKeyError::Parse {
-                        path: path.display().to_string(),
-                    }
-                })?
+                SigningKey::from_pkcs8(Algorithm::ES256, &der)
+                    .map_err(|_| AssertionKeyError::Parse { path: path.display().to_string() })?
             }
             None => SigningKey::generate(Algorithm::ES256)?,
         };
-        let cache = Cache::builder()
-            .max_capacity(100_000)
-            .time_to_live(lifetime / 2)
-            .build();
-        Ok(AssertionSigner {
-            key,
-            issuer: issuer.to_string(),
-            lifetime,
-            cache,
-        })
+        let cache = Cache::builder().max_capacity(100_000).time_to_live(lifetime / 2).build();
+        Ok(AssertionSigner { key, issuer: issuer.to_string(), lifetime, cache })
     }
 
     /// `{"keys": [...]}` with hfgate's public key.
@@ -133,10 +114,7 @@ fn pem_to_der(bytes: &[u8]) -> Option<Vec<u8>> {
     let start = text.find("-----BEGIN ")?;
     let body_start = start + text[start..].find('\n')? + 1;
     let body_end = body_start + text[body_start..].find("-----END ")?;
-    let b64: String = text[body_start..body_end]
-        .chars()
-        .filter(|c| !c.is_whitespace())
-        .collect();
+    let b64: String = text[body_start..body_end].chars().filter(|c| !c.is_whitespace()).collect();
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.decode(b64).ok()
 }

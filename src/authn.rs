@@ -55,21 +55,13 @@ pub enum AuthError {
     #[error("iss is not a configured issuer: expected one of [{0}]")]
     UnknownIssuer(String),
     #[error("alg {alg} is not allowed for issuer {issuer}: allowed [{allowed}]")]
-    AlgNotAllowed {
-        alg: Algorithm,
-        issuer: String,
-        allowed: String,
-    },
+    AlgNotAllowed { alg: Algorithm, issuer: String, allowed: String },
     #[error("token has no kid and issuer {0} publishes several keys for its alg")]
     KidRequired(String),
     #[error("unknown kid '{kid}': not in the JWKS of issuer {issuer}")]
     UnknownKid { kid: String, issuer: String },
     #[error("key '{kid}' is {family} and does not fit alg {alg}")]
-    KeyMismatch {
-        kid: String,
-        family: String,
-        alg: Algorithm,
-    },
+    KeyMismatch { kid: String, family: String, alg: Algorithm },
     #[error("signature verification failed")]
     BadSignature,
     /// The issuer's keys could not be fetched (or are older than `jwks_max_stale`): not the caller's fault.
@@ -94,10 +86,7 @@ pub enum AuthError {
     #[error("missing sub claim")]
     MissingSubject,
     #[error("claim {claim} is not a {expected}")]
-    BadClaimType {
-        claim: &'static str,
-        expected: &'static str,
-    },
+    BadClaimType { claim: &'static str, expected: &'static str },
 }
 
 impl AuthError {
@@ -149,13 +138,7 @@ pub(crate) fn printable(text: &str) -> String {
     let mut out: String = text
         .chars()
         .take(64)
-        .map(|c| {
-            if c.is_ascii_graphic() && c != '"' && c != '\\' && c != '\'' {
-                c
-            } else {
-                '?'
-            }
-        })
+        .map(|c| if c.is_ascii_graphic() && c != '"' && c != '\\' && c != '\'' { c } else { '?' })
         .collect();
     if text.chars().count() > 64 {
         out.push_str("...");
@@ -171,9 +154,7 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<&str, AuthError> {
     if values.next().is_some() {
         return Err(AuthError::DuplicateAuthorization);
     }
-    let value = value
-        .to_str()
-        .map_err(|_| AuthError::Malformed("Authorization header is not visible ASCII"))?;
+    let value = value.to_str().map_err(|_| AuthError::Malformed("Authorization header is not visible ASCII"))?;
     let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Err(AuthError::NotBearer);
@@ -195,9 +176,7 @@ pub struct Authenticator {
 
 impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Authenticator")
-            .field("issuers", &self.issuers)
-            .finish()
+        f.debug_struct("Authenticator").field("issuers", &self.issuers).finish()
     }
 }
 
@@ -205,57 +184,21 @@ impl std::fmt::Debug for Authenticator {
 struct UntilExpiry;
 
 impl moka::Expiry<[u8; 32], Arc<Identity>> for UntilExpiry {
-    fn expire_after_create(
-        &self,
-        _: &[u8; 32],
-        identity: &Arc<Identity>,
-        _: std::time::Instant,
-    ) -> Option<Duration> {
-        Some(Duration::from_secs(
-            identity
-                .valid_until
-                .saturating_sub(unix_now())
-                .saturating_add(1),
-        ))
+    fn expire_after_create(&self, _: &[u8; 32], identity: &Arc<Identity>, _: std::time::Instant) -> Option<Duration> {
+        Some(Duration::from_secs(identity.valid_until.saturating_sub(unix_now()).saturating_add(1)))
     }
 }
 
 impl Authenticator {
-    pub fn new(
-        issuers: &[IssuerSettings],
-        client: HttpClient,
-        metrics: Arc<Metrics>,
-    ) -> Authenticator {
+    pub fn new(issuers: &[IssuerSettings], client: HttpClient, metrics: Arc<Metrics>) -> Authenticator {
         let issuers: Vec<Arc<IssuerKeys>> = issuers
             .iter()
-            .map(|s| {
-                Arc::new(IssuerKeys::new(
-                    Arc::new(s.clone()),
-                    client.clone(),
-                    metrics.clone(),
-                ))
-            })
+            .map(|s| Arc::new(IssuerKeys::new(Arc::new(s.clone()), client.clone(), metrics.clone())))
             .collect();
-        let by_iss = issuers
-            .iter()
-            .enumerate()
-            .map(|(i, k)| (k.settings.issuer.clone(), i))
-            .collect();
-        let expected_issuers = issuers
-            .iter()
-            .map(|k| k.settings.issuer.as_str())
-            .collect::<Vec<_>>()
-            .join(", ");
-        let cache = Cache::builder()
-            .max_capacity(100_000)
-            .expire_after(UntilExpiry)
-            .build();
-        Authenticator {
-            issuers,
-            by_iss,
-            cache,
-            expected_issuers,
-        }
+        let by_iss = issuers.iter().enumerate().map(|(i, k)| (k.settings.issuer.clone(), i)).collect();
+        let expected_issuers = issuers.iter().map(|k| k.settings.issuer.as_str()).collect::<Vec<_>>().join(", ");
+        let cache = Cache::builder().max_capacity(100_000).expire_after(UntilExpiry).build();
+        Authenticator { issuers, by_iss, cache, expected_issuers }
     }
 
     pub fn issuers(&self) -> &[Arc<IssuerKeys>] {
@@ -264,10 +207,7 @@ impl Authenticator {
 
     /// Starts the key refresh task of every issuer.
     pub fn spawn_key_refresh(&self) -> Vec<tokio::task::JoinHandle<()>> {
-        self.issuers
-            .iter()
-            .map(|keys| tokio::spawn(keys.clone().run_refresh()))
-            .collect()
+        self.issuers.iter().map(|keys| tokio::spawn(keys.clone().run_refresh())).collect()
     }
 
     /// Ready once every issuer's keys have loaded.
@@ -278,10 +218,14 @@ impl Authenticator {
     /// Authenticates a bearer token. A token seen before and not yet expired costs one digest and one
     /// cache lookup; `exp` is re-checked on every read.
     pub async fn authenticate(&self, token: &str) -> Result<Arc<Identity>, AuthError> {
+        self.authenticate_digested(token, token_digest(token)).await
+    }
+
+    /// [`Authenticator::authenticate`] for a caller that already holds the token's digest.
+    pub async fn authenticate_digested(&self, token: &str, digest: [u8; 32]) -> Result<Arc<Identity>, AuthError> {
         if token.starts_with("hf_") {
             return Err(AuthError::HuggingFaceToken);
         }
-        let digest = token_digest(token);
         if let Some(identity) = self.cache.get(&digest) {
             if unix_now() <= identity.valid_until {
                 return Ok(identity);
@@ -308,24 +252,13 @@ impl Authenticator {
             return Err(AuthError::AlgNotAllowed {
                 alg: jwt.header.alg,
                 issuer: settings.name.clone(),
-                allowed: settings
-                    .algorithms
-                    .iter()
-                    .map(|a| a.name())
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                allowed: settings.algorithms.iter().map(|a| a.name()).collect::<Vec<_>>().join(", "),
             });
         }
-        let key = keys
-            .key_for(jwt.header.kid.as_deref(), jwt.header.alg)
-            .await?;
+        let key = keys.key_for(jwt.header.kid.as_deref(), jwt.header.alg).await?;
         jwt.verify(&key)?;
         let validity = jwt::check_claims(&jwt, settings, unix_now())?;
-        Ok(claims::identity_from_claims(
-            settings,
-            &jwt.claims,
-            validity.expires_at,
-        ))
+        Ok(claims::identity_from_claims(settings, &jwt.claims, validity.expires_at))
     }
 }
 
@@ -355,18 +288,9 @@ mod tests {
         assert_eq!(bearer_token(&headers(&["Bearer abc"])), Ok("abc"));
         assert_eq!(bearer_token(&headers(&["bEaReR  abc "])), Ok("abc"));
         assert_eq!(bearer_token(&headers(&[])), Err(AuthError::MissingToken));
-        assert_eq!(
-            bearer_token(&headers(&["Bearer "])),
-            Err(AuthError::MissingToken)
-        );
-        assert_eq!(
-            bearer_token(&headers(&["Basic YTpi"])),
-            Err(AuthError::NotBearer)
-        );
-        assert_eq!(
-            bearer_token(&headers(&["Bearer a", "Bearer b"])),
-            Err(AuthError::DuplicateAuthorization)
-        );
+        assert_eq!(bearer_token(&headers(&["Bearer "])), Err(AuthError::MissingToken));
+        assert_eq!(bearer_token(&headers(&["Basic YTpi"])), Err(AuthError::NotBearer));
+        assert_eq!(bearer_token(&headers(&["Bearer a", "Bearer b"])), Err(AuthError::DuplicateAuthorization));
     }
 
     #[test]
@@ -379,10 +303,7 @@ mod tests {
     fn descriptions_never_carry_quotes_or_backslashes() {
         // RFC 6750 §3: error_description excludes '"' and '\'.
         let samples = [
-            AuthError::UnknownKid {
-                kid: printable("a\"b"),
-                issuer: "corp".into(),
-            },
+            AuthError::UnknownKid { kid: printable("a\"b"), issuer: "corp".into() },
             AuthError::AlgSymmetric(printable("HS256")),
             AuthError::HuggingFaceToken,
             AuthError::AudMismatch("hfgate".into()),

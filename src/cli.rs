@@ -6,11 +6,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "hfgate",
-    version,
-    about = "Identity-aware reverse proxy for Hugging Face model endpoints"
-)]
+#[command(name = "hfgate", version, about = "Identity-aware reverse proxy for Hugging Face model endpoints")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -31,11 +31,7 @@ pub fn build(connect_timeout: Duration) -> HttpClient {
             )
         }
     };
-    let connector = builder
-        .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(http);
+    let connector = builder.https_or_http().enable_http1().enable_http2().wrap_connector(http);
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(1024)
@@ -68,17 +64,11 @@ pub async fn get_json(
 ) -> Result<serde_json::Value, FetchError> {
     let request = http::Request::get(url)
         .header(http::header::ACCEPT, "application/json")
-        .header(
-            http::header::USER_AGENT,
-            concat!("hfgate/", env!("CARGO_PKG_VERSION")),
-        )
+        .header(http::header::USER_AGENT, concat!("hfgate/", env!("CARGO_PKG_VERSION")))
         .body(Body::empty())
         .map_err(|e| FetchError::Request(e.to_string()))?;
     let work = async {
-        let response = client
-            .request(request)
-            .await
-            .map_err(|e| FetchError::Request(error_chain(&e)))?;
+        let response = client.request(request).await.map_err(|e| FetchError::Request(error_chain(&e)))?;
         if !response.status().is_success() {
             return Err(FetchError::Status(response.status().as_u16()));
         }
@@ -89,9 +79,7 @@ pub async fn get_json(
             .to_bytes();
         serde_json::from_slice(&body).map_err(|e| FetchError::Json(e.to_string()))
     };
-    tokio::time::timeout(timeout, work)
-        .await
-        .map_err(|_| FetchError::Timeout(timeout))?
+    tokio::time::timeout(timeout, work).await.map_err(|_| FetchError::Timeout(timeout))?
 }
 
 /// An error and its sources on one line (hyper's top-level messages alone say little).

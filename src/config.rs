@@ -12,8 +12,8 @@ use toml::Spanned;
 
 pub use duration::{format_duration, parse_duration};
 pub use settings::{
-    ApiKind, AuditTarget, ClaimPath, Credential, IssuerSettings, JwksSource, KindRule,
-    RouteSettings, ServerSettings, Settings, UpstreamUrl, is_loopback_host,
+    ApiKind, AuditTarget, ClaimPath, Credential, IssuerSettings, JwksSource, KindRule, RouteSettings, ServerSettings,
+    Settings, UpstreamUrl, is_loopback_host,
 };
 
 /// A string value with its place in the file.
@@ -30,11 +30,7 @@ pub struct ConfigIssue {
 
 impl fmt::Display for ConfigIssue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}: {}: {}",
-            self.file, self.line, self.key, self.message
-        )
+        write!(f, "{}:{}: {}: {}", self.file, self.line, self.key, self.message)
     }
 }
 
@@ -42,20 +38,13 @@ impl fmt::Display for ConfigIssue {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{path}: cannot read: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error("{}", render_issues(.0))]
     Invalid(Vec<ConfigIssue>),
 }
 
 fn render_issues(issues: &[ConfigIssue]) -> String {
-    issues
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("\n")
+    issues.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")
 }
 
 impl ConfigError {
@@ -142,30 +131,17 @@ pub(crate) struct Source<'a> {
 
 impl<'a> Source<'a> {
     pub fn new(file: &Path, text: &'a str) -> Source<'a> {
-        Source {
-            file: file.display().to_string(),
-            text,
-            issues: Vec::new(),
-        }
+        Source { file: file.display().to_string(), text, issues: Vec::new() }
     }
 
     pub fn line_of(&self, offset: usize) -> usize {
         let end = offset.min(self.text.len());
-        self.text.as_bytes()[..end]
-            .iter()
-            .filter(|&&b| b == b'\n')
-            .count()
-            + 1
+        self.text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
     }
 
     pub fn issue(&mut self, offset: usize, key: impl Into<String>, message: impl Into<String>) {
         let line = self.line_of(offset);
-        self.issues.push(ConfigIssue {
-            file: self.file.clone(),
-            line,
-            key: key.into(),
-            message: message.into(),
-        });
+        self.issues.push(ConfigIssue { file: self.file.clone(), line, key: key.into(), message: message.into() });
     }
 
     /// The value of a string field with `${NAME}` replaced from the environment; an unset variable is an issue.
@@ -207,10 +183,7 @@ impl<'a> Source<'a> {
                 break;
             }
             let trimmed = line.trim();
-            if let Some(name) = trimmed
-                .strip_prefix("[[")
-                .and_then(|t| t.split("]]").next())
-            {
+            if let Some(name) = trimmed.strip_prefix("[[").and_then(|t| t.split("]]").next()) {
                 let name = name.trim().to_string();
                 let index = match counts.iter_mut().find(|(n, _)| *n == name) {
                     Some((_, count)) => {
@@ -253,9 +226,7 @@ pub fn interpolate(value: &str) -> Result<String, String> {
             let end = after.find('}').ok_or("unterminated ${...} reference")?;
             let name = &after[..end];
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(format!(
-                    "invalid environment variable name {name:?} in ${{...}}"
-                ));
+                return Err(format!("invalid environment variable name {name:?} in ${{...}}"));
             }
             match std::env::var(name) {
                 Ok(v) => out.push_str(&v),
@@ -273,10 +244,8 @@ pub fn interpolate(value: &str) -> Result<String, String> {
 
 /// Reads and validates the configuration at `path`.
 pub fn load(path: &Path) -> Result<Settings, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.display().to_string(),
-        source,
-    })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
     parse(path, &text)
 }
 
@@ -289,26 +258,13 @@ pub fn parse(path: &Path, text: &str) -> Result<Settings, ConfigError> {
         Err(err) => {
             let offset = err.span().map(|s| s.start).unwrap_or(0);
             let message = err.message().trim().to_string();
-            let leaf = backticked(&message)
-                .or_else(|| key_at(text, offset))
-                .unwrap_or_default();
+            let leaf = backticked(&message).or_else(|| key_at(text, offset)).unwrap_or_default();
             let key = source.key_path_at(offset, &leaf);
-            source.issue(
-                offset,
-                if key.is_empty() {
-                    "(file)".to_string()
-                } else {
-                    key
-                },
-                message,
-            );
+            source.issue(offset, if key.is_empty() { "(file)".to_string() } else { key }, message);
             return Err(ConfigError::Invalid(source.issues));
         }
     };
-    let base_dir = path
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
+    let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
     let settings = settings::validate(&mut source, raw, &base_dir);
     if source.issues.is_empty() {
         settings.ok_or(ConfigError::Invalid(Vec::new()))
@@ -330,10 +286,7 @@ fn backticked(message: &str) -> Option<String> {
 
 /// The key of a `key = value` line containing `offset`.
 fn key_at(text: &str, offset: usize) -> Option<String> {
-    let start = text[..offset.min(text.len())]
-        .rfind('\n')
-        .map(|i| i + 1)
-        .unwrap_or(0);
+    let start = text[..offset.min(text.len())].rfind('\n').map(|i| i + 1).unwrap_or(0);
     let line = text[start..].lines().next()?;
     let (key, _) = line.split_once('=')?;
     let key = key.trim().trim_matches('"');
@@ -349,10 +302,7 @@ mod tests {
         // Setting variables is `unsafe` in edition 2024 (and unsafe code is forbidden): use one every
         // environment has.
         let home = std::env::var("PATH").expect("PATH");
-        assert_eq!(
-            interpolate("a${PATH}b").as_deref(),
-            Ok(format!("a{home}b").as_str())
-        );
+        assert_eq!(interpolate("a${PATH}b").as_deref(), Ok(format!("a{home}b").as_str()));
         assert_eq!(interpolate("cost $$5").as_deref(), Ok("cost $5"));
         let err = interpolate("${HFGATE_SURELY_UNSET_VAR}").expect_err("unset");
         assert!(err.contains("HFGATE_SURELY_UNSET_VAR"), "{err}");

@@ -94,16 +94,11 @@ strip_prefix = true
 pub async fn run(options: DemoOptions) -> Result<(), DemoError> {
     let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
     let issuer = DevIssuer::start(loopback, DEMO_AUDIENCE, Algorithm::ES256).await?;
-    let upstream = MockUpstream::start(
-        loopback,
-        options.chunk_delay,
-        Some(format!("Bearer {DEMO_ORG_CREDENTIAL}")),
-    )
-    .await
-    .map_err(DemoError::Upstream)?;
+    let upstream = MockUpstream::start(loopback, options.chunk_delay, Some(format!("Bearer {DEMO_ORG_CREDENTIAL}")))
+        .await
+        .map_err(DemoError::Upstream)?;
     let dir = std::env::temp_dir().join(format!("hfgate-demo-{}", std::process::id()));
-    let config_path =
-        write_config(&dir, &options, &issuer, upstream.addr()).map_err(DemoError::Files)?;
+    let config_path = write_config(&dir, &options, &issuer, upstream.addr()).map_err(DemoError::Files)?;
     let settings = config::load(&config_path)?;
     let running = server::start(settings).await?;
     let ready = tokio::time::timeout(Duration::from_secs(10), async {
@@ -115,24 +110,14 @@ pub async fn run(options: DemoOptions) -> Result<(), DemoError> {
     if ready.is_err() {
         tracing::warn!("the demo issuer's keys did not load within 10s");
     }
-    print_banner(
-        &issuer,
-        running.proxy_addr,
-        running.admin_addr,
-        &config_path,
-    );
+    print_banner(&issuer, running.proxy_addr, running.admin_addr, &config_path);
     server::shutdown_signal().await;
     running.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
-fn print_banner(
-    issuer: &DevIssuer,
-    proxy: SocketAddr,
-    admin: SocketAddr,
-    config_path: &std::path::Path,
-) {
+fn print_banner(issuer: &DevIssuer, proxy: SocketAddr, admin: SocketAddr, config_path: &std::path::Path) {
     let alice = issuer.token_for_user("alice").unwrap_or_default();
     let bob = issuer.token_for_user("bob").unwrap_or_default();
     let bot = issuer.token_for_user("ci-bot").unwrap_or_default();

@@ -26,31 +26,16 @@ impl HttpError {
         reason: &'static str,
         description: impl Into<String>,
     ) -> HttpError {
-        HttpError {
-            status,
-            error,
-            description: description.into(),
-            reason,
-        }
+        HttpError { status, error, description: description.into(), reason }
     }
 
     pub fn bad_path(err: PathError) -> HttpError {
-        HttpError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "bad_path",
-            err.to_string(),
-        )
+        HttpError::new(StatusCode::BAD_REQUEST, "invalid_request", "bad_path", err.to_string())
     }
 
     pub fn no_route(path: &str) -> HttpError {
         let shown: String = path.chars().take(128).collect();
-        HttpError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "no_route",
-            format!("no route for path {shown}"),
-        )
+        HttpError::new(StatusCode::NOT_FOUND, "not_found", "no_route", format!("no route for path {shown}"))
     }
 
     /// The JSON body and headers; `request_id` ties the answer to the audit line and the logs.
@@ -63,10 +48,7 @@ impl HttpError {
         let mut response = Response::new(Body::from(body.to_string()));
         *response.status_mut() = self.status;
         let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if let Ok(id) = HeaderValue::from_str(request_id) {
             headers.insert("x-request-id", id);
@@ -90,11 +72,7 @@ impl HttpError {
 
 impl From<&AuthError> for HttpError {
     fn from(err: &AuthError) -> HttpError {
-        let error = if err.status() == StatusCode::UNAUTHORIZED {
-            "invalid_token"
-        } else {
-            "temporarily_unavailable"
-        };
+        let error = if err.status() == StatusCode::UNAUTHORIZED { "invalid_token" } else { "temporarily_unavailable" };
         HttpError::new(err.status(), error, err.code(), err.to_string())
     }
 }
@@ -120,9 +98,7 @@ mod tests {
         let err = AuthError::AudMismatch("hfgate".into());
         let response = HttpError::from(&err).into_response("rid");
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
-        let challenge = response.headers()[header::WWW_AUTHENTICATE]
-            .to_str()
-            .expect("ascii");
+        let challenge = response.headers()[header::WWW_AUTHENTICATE].to_str().expect("ascii");
         assert_eq!(
             challenge,
             "Bearer realm=\"hfgate\", error=\"invalid_token\", error_description=\"aud mismatch: expected one of [hfgate]\""

@@ -7,8 +7,7 @@ use std::fmt;
 
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{
-    ECDSA_P256_SHA256_FIXED_SIGNING, ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair,
-    KeyPair, RsaKeyPair,
+    ECDSA_P256_SHA256_FIXED_SIGNING, ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair, RsaKeyPair,
 };
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -155,10 +154,7 @@ pub struct SigningKey {
 impl fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Never print key material.
-        f.debug_struct("SigningKey")
-            .field("alg", &self.alg)
-            .field("kid", &self.kid)
-            .finish()
+        f.debug_struct("SigningKey").field("alg", &self.alg).field("kid", &self.kid).finish()
     }
 }
 
@@ -169,24 +165,15 @@ impl SigningKey {
         let pair = match alg {
             Algorithm::ES256 | Algorithm::ES384 => {
                 let ec = ec_alg(alg);
-                let pkcs8 =
-                    EcdsaKeyPair::generate_pkcs8(ec, &rng).map_err(|_| KeyError::Generate("EC"))?;
-                KeyPairKind::Ec(
-                    EcdsaKeyPair::from_pkcs8(ec, pkcs8.as_ref())
-                        .map_err(|_| KeyError::Generate("EC"))?,
-                )
+                let pkcs8 = EcdsaKeyPair::generate_pkcs8(ec, &rng).map_err(|_| KeyError::Generate("EC"))?;
+                KeyPairKind::Ec(EcdsaKeyPair::from_pkcs8(ec, pkcs8.as_ref()).map_err(|_| KeyError::Generate("EC"))?)
             }
             Algorithm::EdDSA => {
-                let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng)
-                    .map_err(|_| KeyError::Generate("Ed25519"))?;
-                KeyPairKind::Ed(
-                    Ed25519KeyPair::from_pkcs8(pkcs8.as_ref())
-                        .map_err(|_| KeyError::Generate("Ed25519"))?,
-                )
+                let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| KeyError::Generate("Ed25519"))?;
+                KeyPairKind::Ed(Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).map_err(|_| KeyError::Generate("Ed25519"))?)
             }
             _ => KeyPairKind::Rsa(
-                RsaKeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048)
-                    .map_err(|_| KeyError::Generate("RSA"))?,
+                RsaKeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).map_err(|_| KeyError::Generate("RSA"))?,
             ),
         };
         Ok(SigningKey::with_pair(alg, pair, rng))
@@ -195,24 +182,19 @@ impl SigningKey {
     /// Loads a PKCS#8 (DER) private key for `alg`.
     pub fn from_pkcs8(alg: Algorithm, der: &[u8]) -> Result<SigningKey, KeyError> {
         let pair = match alg {
-            Algorithm::ES256 | Algorithm::ES384 => KeyPairKind::Ec(
-                EcdsaKeyPair::from_pkcs8(ec_alg(alg), der).map_err(|_| KeyError::Parse("EC"))?,
-            ),
-            Algorithm::EdDSA => KeyPairKind::Ed(
-                Ed25519KeyPair::from_pkcs8(der).map_err(|_| KeyError::Parse("Ed25519"))?,
-            ),
+            Algorithm::ES256 | Algorithm::ES384 => {
+                KeyPairKind::Ec(EcdsaKeyPair::from_pkcs8(ec_alg(alg), der).map_err(|_| KeyError::Parse("EC"))?)
+            }
+            Algorithm::EdDSA => {
+                KeyPairKind::Ed(Ed25519KeyPair::from_pkcs8(der).map_err(|_| KeyError::Parse("Ed25519"))?)
+            }
             _ => KeyPairKind::Rsa(RsaKeyPair::from_pkcs8(der).map_err(|_| KeyError::Parse("RSA"))?),
         };
         Ok(SigningKey::with_pair(alg, pair, SystemRandom::new()))
     }
 
     fn with_pair(alg: Algorithm, pair: KeyPairKind, rng: SystemRandom) -> SigningKey {
-        let mut key = SigningKey {
-            alg,
-            kid: String::new(),
-            pair,
-            rng,
-        };
+        let mut key = SigningKey { alg, kid: String::new(), pair, rng };
         key.kid = key.thumbprint();
         key
     }
@@ -248,20 +230,14 @@ impl SigningKey {
             KeyPairKind::Ec(pair) => {
                 let point = pair.public_key().as_ref();
                 let half = (point.len() - 1) / 2;
-                let crv = if self.alg == Algorithm::ES384 {
-                    "P-384"
-                } else {
-                    "P-256"
-                };
+                let crv = if self.alg == Algorithm::ES384 { "P-384" } else { "P-256" };
                 json!({"crv": crv, "kty": "EC", "x": b64url(&point[1..1 + half]), "y": b64url(&point[1 + half..])})
             }
             KeyPairKind::Ed(pair) => {
                 json!({"crv": "Ed25519", "kty": "OKP", "x": b64url(pair.public_key().as_ref())})
             }
             KeyPairKind::Rsa(pair) => {
-                let components = aws_lc_rs::signature::RsaPublicKeyComponents::<Vec<u8>>::from(
-                    pair.public_key(),
-                );
+                let components = aws_lc_rs::signature::RsaPublicKeyComponents::<Vec<u8>>::from(pair.public_key());
                 json!({"e": b64url(&components.e), "kty": "RSA", "n": b64url(&components.n)})
             }
         }
@@ -269,10 +245,7 @@ impl SigningKey {
 
     fn thumbprint(&self) -> String {
         let canonical = self.public_members().to_string();
-        b64url(aws_lc_rs::digest::digest(
-            &aws_lc_rs::digest::SHA256,
-            canonical.as_bytes(),
-        ))
+        b64url(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, canonical.as_bytes()))
     }
 
     /// Signs `header.claims` and returns the compact JWS. The header gets `alg` and `kid`.
@@ -282,11 +255,7 @@ impl SigningKey {
             map.insert("alg".into(), json!(self.alg.name()));
             map.insert("kid".into(), json!(self.kid));
         }
-        let mut token = format!(
-            "{}.{}",
-            b64url(header.to_string()),
-            b64url(claims.to_string())
-        );
+        let mut token = format!("{}.{}", b64url(header.to_string()), b64url(claims.to_string()));
         let signature = self.sign(token.as_bytes())?;
         token.push('.');
         token.push_str(&b64url(signature));
@@ -296,11 +265,7 @@ impl SigningKey {
     /// Raw JWS signature over `message`.
     pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
         match &self.pair {
-            KeyPairKind::Ec(pair) => Ok(pair
-                .sign(&self.rng, message)
-                .map_err(|_| KeyError::Sign)?
-                .as_ref()
-                .to_vec()),
+            KeyPairKind::Ec(pair) => Ok(pair.sign(&self.rng, message).map_err(|_| KeyError::Sign)?.as_ref().to_vec()),
             KeyPairKind::Ed(pair) => Ok(pair.sign(message).as_ref().to_vec()),
             KeyPairKind::Rsa(pair) => {
                 use aws_lc_rs::signature as s;
@@ -313,8 +278,7 @@ impl SigningKey {
                     _ => &s::RSA_PKCS1_SHA256,
                 };
                 let mut signature = vec![0; pair.public_modulus_len()];
-                pair.sign(padding, &self.rng, message, &mut signature)
-                    .map_err(|_| KeyError::Sign)?;
+                pair.sign(padding, &self.rng, message, &mut signature).map_err(|_| KeyError::Sign)?;
                 Ok(signature)
             }
         }
@@ -322,19 +286,12 @@ impl SigningKey {
 }
 
 fn ec_alg(alg: Algorithm) -> &'static aws_lc_rs::signature::EcdsaSigningAlgorithm {
-    if alg == Algorithm::ES384 {
-        &ECDSA_P384_SHA384_FIXED_SIGNING
-    } else {
-        &ECDSA_P256_SHA256_FIXED_SIGNING
-    }
+    if alg == Algorithm::ES384 { &ECDSA_P384_SHA384_FIXED_SIGNING } else { &ECDSA_P256_SHA256_FIXED_SIGNING }
 }
 
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -359,21 +316,10 @@ mod tests {
 
     #[test]
     fn generated_keys_sign_and_carry_a_thumbprint_kid() {
-        for alg in [
-            Algorithm::ES256,
-            Algorithm::ES384,
-            Algorithm::EdDSA,
-            Algorithm::RS256,
-        ] {
+        for alg in [Algorithm::ES256, Algorithm::ES384, Algorithm::EdDSA, Algorithm::RS256] {
             let key = SigningKey::generate(alg).expect("key");
-            assert_eq!(
-                key.kid().len(),
-                43,
-                "{alg}: a SHA-256 thumbprint is 43 base64url chars"
-            );
-            let token = key
-                .sign_jwt(&json!({"typ": "JWT"}), &json!({"sub": "x"}))
-                .expect("sign");
+            assert_eq!(key.kid().len(), 43, "{alg}: a SHA-256 thumbprint is 43 base64url chars");
+            let token = key.sign_jwt(&json!({"typ": "JWT"}), &json!({"sub": "x"})).expect("sign");
             assert_eq!(token.split('.').count(), 3);
             assert_eq!(key.public_jwk()["alg"], alg.name());
         }

@@ -22,9 +22,7 @@ fn main() -> ExitCode {
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("hfgate=info,warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -33,11 +31,7 @@ fn init_tracing(format: LogFormat) {
 
 fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
     // available_parallelism honours the CPU affinity mask, so `taskset -c 0 hfgate` runs one worker.
-    let workers = workers.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    });
+    let workers = workers.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .enable_all()
@@ -84,28 +78,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Demo {
-            listen,
-            admin_listen,
-            chunk_delay,
-        } => {
-            runtime(None)?.block_on(demo::run(demo::DemoOptions {
-                listen,
-                admin_listen,
-                chunk_delay,
-            }))?;
+        Command::Demo { listen, admin_listen, chunk_delay } => {
+            runtime(None)?.block_on(demo::run(demo::DemoOptions { listen, admin_listen, chunk_delay }))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::MockUpstream {
-            listen,
-            chunk_delay,
-            expect_credential_env,
-        } => {
+        Command::MockUpstream { listen, chunk_delay, expect_credential_env } => {
             let expect = match expect_credential_env {
                 Some(name) => Some(format!(
                     "Bearer {}",
-                    std::env::var(&name)
-                        .with_context(|| format!("environment variable {name} is not set"))?
+                    std::env::var(&name).with_context(|| format!("environment variable {name} is not set"))?
                 )),
                 None => None,
             };

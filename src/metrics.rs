@@ -1,18 +1,39 @@
 //! Prometheus metrics, served on the admin listener at `/metrics`. Label values are bounded: route and
 //! issuer names come from the config, failure reasons from [`crate::authn::AuthError::code`].
 
+use std::fmt::Write as _;
+use std::sync::Arc;
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+/// A label value shared with the config (route and issuer names), so counting allocates nothing.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct Name(Arc<str>);
+
+impl EncodeLabelValue for Name {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        encoder.write_str(&self.0)
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct Status(u16);
+
+impl EncodeLabelValue for Status {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        write!(encoder, "{}", self.0)
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteStatus {
-    route: String,
-    status: String,
+    route: Name,
+    status: Status,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -22,7 +43,7 @@ struct Reason {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabel {
-    route: String,
+    route: Name,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -62,71 +83,33 @@ impl Metrics {
         let requests = Family::<RouteStatus, Counter>::default();
         let auth_failures = Family::<Reason, Counter>::default();
         let upstream_latency =
-            Family::<RouteLabel, Histogram, fn() -> Histogram>::new_with_constructor(
-                latency_histogram,
-            );
+            Family::<RouteLabel, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
         let jwks_fetches = Family::<IssuerResult, Counter>::default();
-        registry.register(
-            "requests",
-            "Requests by route and response status",
-            requests.clone(),
-        );
-        registry.register(
-            "auth_failures",
-            "Refused authentications by reason",
-            auth_failures.clone(),
-        );
+        registry.register("requests", "Requests by route and response status", requests.clone());
+        registry.register("auth_failures", "Refused authentications by reason", auth_failures.clone());
         registry.register(
             "upstream_latency_seconds",
             "Time until the upstream's response headers",
             upstream_latency.clone(),
         );
-        registry.register(
-            "jwks_fetches",
-            "JWKS fetches by issuer and result",
-            jwks_fetches.clone(),
-        );
-        Metrics {
-            registry,
-            requests,
-            auth_failures,
-            upstream_latency,
-            jwks_fetches,
-        }
+        registry.register("jwks_fetches", "JWKS fetches by issuer and result", jwks_fetches.clone());
+        Metrics { registry, requests, auth_failures, upstream_latency, jwks_fetches }
     }
 
-    pub fn request(&self, route: &str, status: u16) {
-        self.requests
-            .get_or_create(&RouteStatus {
-                route: route.to_string(),
-                status: status.to_string(),
-            })
-            .inc();
+    pub fn request(&self, route: &Arc<str>, status: u16) {
+        self.requests.get_or_create(&RouteStatus { route: Name(route.clone()), status: Status(status) }).inc();
     }
 
     pub fn auth_failure(&self, reason: &'static str) {
-        self.auth_failures
-            .get_or_create(&Reason {
-                reason: reason.to_string(),
-            })
-            .inc();
+        self.auth_failures.get_or_create(&Reason { reason: reason.to_string() }).inc();
     }
 
-    pub fn upstream_latency(&self, route: &str, elapsed: Duration) {
-        self.upstream_latency
-            .get_or_create(&RouteLabel {
-                route: route.to_string(),
-            })
-            .observe(elapsed.as_secs_f64());
+    pub fn upstream_latency(&self, route: &Arc<str>, elapsed: Duration) {
+        self.upstream_latency.get_or_create(&RouteLabel { route: Name(route.clone()) }).observe(elapsed.as_secs_f64());
     }
 
     pub fn jwks_fetch(&self, issuer: &str, result: &'static str) {
-        self.jwks_fetches
-            .get_or_create(&IssuerResult {
-                issuer: issuer.to_string(),
-                result: result.to_string(),
-            })
-            .inc();
+        self.jwks_fetches.get_or_create(&IssuerResult { issuer: issuer.to_string(), result: result.to_string() }).inc();
     }
 
     /// The Prometheus text exposition.

@@ -15,7 +15,7 @@ use axum::body::Body;
 use http::{HeaderValue, Request, Response, Uri};
 
 use crate::assertion::AssertionSigner;
-use crate::audit::event::{IdentityRecord, rfc3339_millis};
+use crate::audit::event::{IdentityRecord, Timestamp};
 use crate::audit::{AuditEvent, AuditSink, Decision, ModelRef, Usage};
 use crate::authn::{self, Authenticator, Identity};
 use crate::client::HttpClient;
@@ -48,21 +48,8 @@ impl Gateway {
     ) -> Gateway {
         let authn = Authenticator::new(&settings.issuers, client.clone(), metrics.clone());
         let routes = RouteTable::new(&settings.routes);
-        let proto = if settings.server.public_url.starts_with("https://") {
-            "https"
-        } else {
-            "http"
-        };
-        Gateway {
-            settings,
-            routes,
-            authn,
-            signer,
-            audit,
-            metrics,
-            client,
-            proto,
-        }
+        let proto = if settings.server.public_url.starts_with("https://") { "https" } else { "http" };
+        Gateway { settings, routes, authn, signer, audit, metrics, client, proto }
     }
 }
 
@@ -90,10 +77,7 @@ impl Exchange {
         Exchange {
             request_id: request_id(),
             started: Instant::now(),
-            started_unix_ms: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_millis())
-                .unwrap_or(0),
+            started_unix_ms: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0),
             method: method.clone(),
             uri: uri.clone(),
             route: None,
@@ -107,18 +91,12 @@ impl Exchange {
     }
 
     /// Writes the audit line and the request metric.
-    fn finish(
-        &self,
-        gateway: &Gateway,
-        status: u16,
-        bytes_out: u64,
-        usage: &Usage,
-        error: Option<&str>,
-    ) {
-        let route = self.route.as_ref().map(|r| r.settings.name.as_str());
-        gateway.metrics.request(route.unwrap_or("-"), status);
+    fn finish(&self, gateway: &Gateway, status: u16, bytes_out: u64, usage: &Usage, error: Option<&str>) {
+        static NO_ROUTE: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| "-".into());
+        gateway.metrics.request(self.route.as_ref().map_or(&*NO_ROUTE, |r| &r.name), status);
+        let route = self.route.as_ref().map(|r| &*r.name);
         let event = AuditEvent {
-            ts: rfc3339_millis(self.started_unix_ms),
+            ts: Timestamp::from_unix_millis(self.started_unix_ms),
             request_id: &self.request_id,
             route,
             method: self.method.as_str(),
@@ -148,16 +126,8 @@ impl Exchange {
         }
         let error = self.error.take().unwrap_or_else(|| err.description.clone());
         let response = err.into_response(&self.request_id);
-        let bytes = http_body::Body::size_hint(response.body())
-            .exact()
-            .unwrap_or(0);
-        self.finish(
-            gateway,
-            response.status().as_u16(),
-            bytes,
-            &Usage::default(),
-            Some(&error),
-        );
+        let bytes = http_body::Body::size_hint(response.body()).exact().unwrap_or(0);
+        self.finish(gateway, response.status().as_u16(), bytes, &Usage::default(), Some(&error));
         response
     }
 }
@@ -173,16 +143,21 @@ fn truncate(text: &str, max: usize) -> &str {
     &text[..end]
 }
 
-/// 96 random bits, hex: unique enough to join logs, audit and the caller's report.
+/// A request id: 32 random bits chosen at start, then a per-process counter run through a bijective
+/// mix, so ids are unique without a random draw per request, and do not look sequential.
 fn request_id() -> String {
-    let mut bytes = [0u8; 12];
-    if aws_lc_rs::rand::fill(&mut bytes).is_err() {
-        static FALLBACK: AtomicU64 = AtomicU64::new(0);
-        bytes[..8].copy_from_slice(&FALLBACK.fetch_add(1, Ordering::Relaxed).to_be_bytes());
-    }
+    static SALT: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let salt = *SALT.get_or_init(|| {
+        let mut bytes = [0u8; 4];
+        let _ = aws_lc_rs::rand::fill(&mut bytes);
+        u32::from_be_bytes(bytes)
+    });
+    let mut x = COUNTER.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    x ^= x >> 32;
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut id = String::with_capacity(2 * bytes.len());
-    for b in bytes {
+    let mut id = String::with_capacity(24);
+    for b in salt.to_be_bytes().into_iter().chain(x.to_be_bytes()) {
         id.push(HEX[usize::from(b >> 4)] as char);
         id.push(HEX[usize::from(b & 0x0f)] as char);
     }
@@ -190,11 +165,7 @@ fn request_id() -> String {
 }
 
 /// Serves one proxied request.
-pub async fn handle(
-    gateway: Arc<Gateway>,
-    peer: SocketAddr,
-    request: Request<Body>,
-) -> Response<Body> {
+pub async fn handle(gateway: Arc<Gateway>, peer: SocketAddr, request: Request<Body>) -> Response<Body> {
     let mut exchange = Exchange::start(request.method(), request.uri());
     match pipeline(&gateway, &mut exchange, peer, request).await {
         Ok(response) => respond(gateway, exchange, response),
@@ -209,26 +180,16 @@ async fn pipeline(
     request: Request<Body>,
 ) -> Result<Response<hyper::body::Incoming>, HttpError> {
     let path = normalize_path(request.uri().path()).map_err(HttpError::bad_path)?;
-    let route = gateway
-        .routes
-        .find(path)
-        .ok_or_else(|| HttpError::no_route(path))?
-        .clone();
+    let route = gateway.routes.find(path).ok_or_else(|| HttpError::no_route(path))?.clone();
     exchange.route = Some(route.clone());
     let settings = &route.settings;
     if let Some(model) = &settings.model {
-        exchange.model = Some(ModelRef {
-            id: Some(model.clone()),
-            ..ModelRef::default()
-        });
+        exchange.model = Some(ModelRef { id: Some(model.clone()), ..ModelRef::default() });
     }
 
     let token = authn::bearer_token(request.headers()).map_err(|e| HttpError::from(&e))?;
-    let identity = gateway
-        .authn
-        .authenticate(token)
-        .await
-        .map_err(|e| HttpError::from(&e))?;
+    let digest = authn::token_digest(token);
+    let identity = gateway.authn.authenticate_digested(token, digest).await.map_err(|e| HttpError::from(&e))?;
     exchange.identity = Some(identity.clone());
     exchange.decision = Decision::allow("authenticated");
 
@@ -237,12 +198,7 @@ async fn pipeline(
         Credential::Static { header, .. } => Some(header.clone()),
         Credential::Passthrough => request.headers().get(http::header::AUTHORIZATION).cloned(),
     };
-    let assertion = gateway.signer.assertion(
-        authn::token_digest(token),
-        route.index,
-        &settings.name,
-        &identity,
-    );
+    let assertion = gateway.signer.assertion(digest, route.index, &settings.name, &identity);
     let path_and_query = route.upstream_path_and_query(path, request.uri().query());
     let uri = Uri::builder()
         .scheme(settings.upstream.scheme.clone())
@@ -272,10 +228,7 @@ async fn pipeline(
             trust_forwarded: gateway.settings.server.trust_forwarded_headers,
         },
     );
-    let mut upstream = Request::new(Body::new(CountingBody::new(
-        body,
-        exchange.bytes_in.clone(),
-    )));
+    let mut upstream = Request::new(Body::new(CountingBody::new(body, exchange.bytes_in.clone())));
     *upstream.method_mut() = parts.method;
     *upstream.uri_mut() = uri;
     *upstream.headers_mut() = upstream_headers;
@@ -283,9 +236,7 @@ async fn pipeline(
     let sent = Instant::now();
     match forward::send(&gateway.client, upstream, settings.timeout).await {
         Ok(response) => {
-            gateway
-                .metrics
-                .upstream_latency(&settings.name, sent.elapsed());
+            gateway.metrics.upstream_latency(&route.name, sent.elapsed());
             Ok(response)
         }
         Err(err) => {
@@ -297,11 +248,7 @@ async fn pipeline(
 }
 
 /// Streams the upstream response back; the audit line is written when its body ends.
-fn respond(
-    gateway: Arc<Gateway>,
-    exchange: Exchange,
-    response: Response<hyper::body::Incoming>,
-) -> Response<Body> {
+fn respond(gateway: Arc<Gateway>, exchange: Exchange, response: Response<hyper::body::Incoming>) -> Response<Body> {
     let (mut parts, body) = response.into_parts();
     headers::clean_response_headers(&mut parts.headers);
     if let Ok(id) = HeaderValue::from_str(&exchange.request_id) {
@@ -309,19 +256,21 @@ fn respond(
     }
     let status = parts.status.as_u16();
     let tap = UsageTap::for_response(&parts.headers);
-    let idle = exchange
-        .route
-        .as_ref()
-        .map(|r| r.settings.idle_timeout)
-        .unwrap_or(std::time::Duration::from_secs(120));
+    let idle = exchange.route.as_ref().map(|r| r.settings.idle_timeout).unwrap_or(std::time::Duration::from_secs(120));
     let on_end = Box::new(move |outcome: BodyOutcome| {
-        exchange.finish(
-            &gateway,
-            status,
-            outcome.bytes,
-            &outcome.usage,
-            outcome.error.as_deref(),
-        );
+        exchange.finish(&gateway, status, outcome.bytes, &outcome.usage, outcome.error.as_deref());
     });
     Response::from_parts(parts, Body::new(ObservedBody::new(body, tap, idle, on_end)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_unique_hex() {
+        let ids: std::collections::HashSet<String> = (0..10_000).map(|_| request_id()).collect();
+        assert_eq!(ids.len(), 10_000);
+        assert!(ids.iter().all(|id| id.len() == 24 && id.bytes().all(|b| b.is_ascii_hexdigit())));
+    }
 }

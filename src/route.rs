@@ -39,10 +39,7 @@ pub fn normalize_path(path: &str) -> Result<&str, PathError> {
             b'\\' => return Err(PathError::Backslash),
             b if b < 0x20 || b == 0x7f => return Err(PathError::ControlCharacter),
             b'%' => {
-                let (Some(hi), Some(lo)) = (
-                    bytes.get(i + 1).and_then(hex),
-                    bytes.get(i + 2).and_then(hex),
-                ) else {
+                let (Some(hi), Some(lo)) = (bytes.get(i + 1).and_then(hex), bytes.get(i + 2).and_then(hex)) else {
                     return Err(PathError::BadPercentEncoding);
                 };
                 match hi << 4 | lo {
@@ -99,6 +96,8 @@ pub struct Route {
     pub settings: RouteSettings,
     /// `scheme://authority` of the upstream, as recorded in the audit.
     pub origin: Arc<str>,
+    /// The route name, shared with metrics labels and audit lines.
+    pub name: Arc<str>,
 }
 
 /// The routes, longest prefix first.
@@ -113,16 +112,9 @@ impl RouteTable {
             .iter()
             .enumerate()
             .map(|(index, settings)| {
-                let origin = format!(
-                    "{}://{}",
-                    settings.upstream.scheme, settings.upstream.authority
-                )
-                .into();
-                Arc::new(Route {
-                    index,
-                    settings: settings.clone(),
-                    origin,
-                })
+                let origin = format!("{}://{}", settings.upstream.scheme, settings.upstream.authority).into();
+                let name = settings.name.as_str().into();
+                Arc::new(Route { index, settings: settings.clone(), origin, name })
             })
             .collect();
         routes.sort_by_key(|r| std::cmp::Reverse(r.settings.prefix.len()));
@@ -133,8 +125,7 @@ impl RouteTable {
     pub fn find(&self, path: &str) -> Option<&Arc<Route>> {
         self.routes.iter().find(|route| {
             let prefix = route.settings.prefix.as_str();
-            path.starts_with(prefix)
-                && matches!(path.as_bytes().get(prefix.len()), None | Some(b'/'))
+            path.starts_with(prefix) && matches!(path.as_bytes().get(prefix.len()), None | Some(b'/'))
         })
     }
 
@@ -151,14 +142,9 @@ impl Route {
     /// The upstream path and query for a request path that this route matched.
     pub fn upstream_path_and_query(&self, path: &str, query: Option<&str>) -> String {
         let settings = &self.settings;
-        let rest = if settings.strip_prefix {
-            &path[settings.prefix.len()..]
-        } else {
-            path
-        };
-        let mut out = String::with_capacity(
-            settings.upstream.base_path.len() + rest.len() + 1 + query.map_or(0, str::len),
-        );
+        let rest = if settings.strip_prefix { &path[settings.prefix.len()..] } else { path };
+        let mut out =
+            String::with_capacity(settings.upstream.base_path.len() + rest.len() + 1 + query.map_or(0, str::len));
         out.push_str(&settings.upstream.base_path);
         if !rest.starts_with('/') {
             out.push('/');

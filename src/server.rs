@@ -24,15 +24,9 @@ use crate::proxy::{self, Gateway};
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { addr: SocketAddr, source: std::io::Error },
     #[error("cannot open the audit log {target}: {source}")]
-    Audit {
-        target: String,
-        source: std::io::Error,
-    },
+    Audit { target: String, source: std::io::Error },
     #[error("assertion key: {0}")]
     AssertionKey(#[from] AssertionKeyError),
 }
@@ -66,70 +60,37 @@ pub async fn start(settings: Settings) -> Result<RunningServer, ServerError> {
     )?;
     let metrics = Arc::new(Metrics::new());
     let client = crate::client::build(settings.server.upstream_connect_timeout);
-    let gateway = Arc::new(Gateway::new(
-        settings.clone(),
-        signer,
-        audit,
-        metrics,
-        client,
-    ));
+    let gateway = Arc::new(Gateway::new(settings.clone(), signer, audit, metrics, client));
 
     let proxy_listener = bind(settings.server.listen).await?;
     let admin_listener = bind(settings.server.admin_listen).await?;
-    let proxy_addr = proxy_listener
-        .local_addr()
-        .map_err(|source| ServerError::Bind {
-            addr: settings.server.listen,
-            source,
-        })?;
+    let proxy_addr =
+        proxy_listener.local_addr().map_err(|source| ServerError::Bind { addr: settings.server.listen, source })?;
     let admin_addr = admin_listener
         .local_addr()
-        .map_err(|source| ServerError::Bind {
-            addr: settings.server.admin_listen,
-            source,
-        })?;
+        .map_err(|source| ServerError::Bind { addr: settings.server.admin_listen, source })?;
 
     let refreshers = gateway.authn.spawn_key_refresh();
     let (stop, stopped) = watch::channel(false);
     let serving = vec![
-        serve(
-            proxy_listener,
-            proxy_router(gateway.clone()),
-            stopped.clone(),
-        ),
+        serve(proxy_listener, proxy_router(gateway.clone()), stopped.clone()),
         serve(admin_listener, admin_router(gateway.clone()), stopped),
     ];
     tracing::info!(proxy = %proxy_addr, admin = %admin_addr, routes = gateway.routes.len(), issuers = gateway.authn.issuers().len(), "hfgate listening");
-    Ok(RunningServer {
-        proxy_addr,
-        admin_addr,
-        gateway,
-        stop,
-        serving,
-        refreshers,
-    })
+    Ok(RunningServer { proxy_addr, admin_addr, gateway, stop, serving, refreshers })
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServerError::Bind { addr, source })
+    TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })
 }
 
-fn serve(
-    listener: TcpListener,
-    router: Router,
-    mut stopped: watch::Receiver<bool>,
-) -> JoinHandle<()> {
+fn serve(listener: TcpListener, router: Router, mut stopped: watch::Receiver<bool>) -> JoinHandle<()> {
     tokio::spawn(async move {
         let service = router.into_make_service_with_connect_info::<SocketAddr>();
         let shutdown = async move {
             let _ = stopped.wait_for(|stop| *stop).await;
         };
-        if let Err(err) = axum::serve(listener, service)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
+        if let Err(err) = axum::serve(listener, service).with_graceful_shutdown(shutdown).await {
             tracing::error!(%err, "listener failed");
         }
     })
@@ -158,10 +119,7 @@ impl RunningServer {
 }
 
 fn proxy_router(gateway: Arc<Gateway>) -> Router {
-    Router::new()
-        .route("/.hfgate/jwks.json", get(hfgate_jwks))
-        .fallback(proxy_request)
-        .with_state(gateway)
+    Router::new().route("/.hfgate/jwks.json", get(hfgate_jwks)).fallback(proxy_request).with_state(gateway)
 }
 
 async fn proxy_request(
@@ -174,10 +132,7 @@ async fn proxy_request(
 
 async fn hfgate_jwks(State(gateway): State<Arc<Gateway>>) -> Response {
     (
-        [
-            (header::CONTENT_TYPE, "application/jwk-set+json"),
-            (header::CACHE_CONTROL, "public, max-age=300"),
-        ],
+        [(header::CONTENT_TYPE, "application/jwk-set+json"), (header::CACHE_CONTROL, "public, max-age=300")],
         gateway.signer.jwks().to_string(),
     )
         .into_response()
@@ -196,35 +151,15 @@ async fn readyz(State(gateway): State<Arc<Gateway>>) -> Response {
         .authn
         .issuers()
         .iter()
-        .map(|k| {
-            (
-                k.settings.name.clone(),
-                serde_json::Value::Bool(k.is_loaded()),
-            )
-        })
+        .map(|k| (k.settings.name.clone(), serde_json::Value::Bool(k.is_loaded())))
         .collect();
     let ready = gateway.authn.ready();
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (
-        status,
-        axum::Json(serde_json::json!({ "ready": ready, "issuers_loaded": issuers })),
-    )
-        .into_response()
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, axum::Json(serde_json::json!({ "ready": ready, "issuers_loaded": issuers }))).into_response()
 }
 
 async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        gateway.metrics.render(),
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], gateway.metrics.render()).into_response()
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

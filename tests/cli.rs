@@ -25,13 +25,8 @@ fn check(text: &str) -> (bool, String, String) {
         .env_remove("HFGATE_UNSET_FOR_TEST")
         .output()
         .expect("run");
-    let stderr =
-        String::from_utf8_lossy(&out.stderr).replace(&path.display().to_string(), "hfgate.toml");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr,
-    )
+    let stderr = String::from_utf8_lossy(&out.stderr).replace(&path.display().to_string(), "hfgate.toml");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
 }
 
 const BASE: &str = r#"[server]
@@ -67,16 +62,8 @@ fn check_names_file_line_and_key_for_every_problem() {
             "credential = \"none\"\nstrip_prefx = true",
             "hfgate.toml:16: route[0].strip_prefx: unknown field `strip_prefx`",
         ),
-        (
-            "audiences = [\"hfgate\"]\n",
-            "",
-            "hfgate.toml:5: issuer[0].audiences: required",
-        ),
-        (
-            "audiences = [\"hfgate\"]",
-            "audiences = []",
-            "hfgate.toml:8: issuer[0].audiences: must not be empty",
-        ),
+        ("audiences = [\"hfgate\"]\n", "", "hfgate.toml:5: issuer[0].audiences: required"),
+        ("audiences = [\"hfgate\"]", "audiences = []", "hfgate.toml:8: issuer[0].audiences: must not be empty"),
         (
             "upstream = \"http://127.0.0.1:3000\"",
             "upstream = \"ftp://127.0.0.1:3000\"",
@@ -117,25 +104,14 @@ fn check_names_file_line_and_key_for_every_problem() {
             "listen = \"localhost\"",
             "hfgate.toml:2: server.listen: \"localhost\" is not an IP:port address",
         ),
-        (
-            "api = \"tgi\"",
-            "api = \"tgl\"",
-            "hfgate.toml:14: route[0].api: unknown api \"tgl\"",
-        ),
-        (
-            "api = \"tgi\"",
-            "api = 5",
-            "hfgate.toml:14: route[0].api: invalid type: integer `5`, expected a string",
-        ),
+        ("api = \"tgi\"", "api = \"tgl\"", "hfgate.toml:14: route[0].api: unknown api \"tgl\""),
+        ("api = \"tgi\"", "api = 5", "hfgate.toml:14: route[0].api: invalid type: integer `5`, expected a string"),
     ];
     for (from, to, expected) in cases {
         assert!(BASE.contains(from), "{from}");
         let (ok, _, stderr) = check(&BASE.replacen(from, to, 1));
         assert!(!ok, "{to} should fail");
-        assert!(
-            stderr.contains(expected),
-            "for {to:?}\nexpected: {expected}\ngot: {stderr}"
-        );
+        assert!(stderr.contains(expected), "for {to:?}\nexpected: {expected}\ngot: {stderr}");
     }
 }
 
@@ -146,19 +122,9 @@ fn check_reports_all_problems_at_once_including_duplicate_routes() {
     );
     let (ok, _, stderr) = check(&text);
     assert!(!ok);
-    assert!(
-        stderr.contains("hfgate.toml:18: route[1].name: duplicate route name \"llama\""),
-        "{stderr}"
-    );
-    assert!(
-        stderr
-            .contains("hfgate.toml:19: route[1].path: another route already has path \"/llama/\""),
-        "{stderr}"
-    );
-    assert!(
-        stderr.contains("hfgate.toml:21: route[1].timeout: invalid duration \"soon\""),
-        "{stderr}"
-    );
+    assert!(stderr.contains("hfgate.toml:18: route[1].name: duplicate route name \"llama\""), "{stderr}");
+    assert!(stderr.contains("hfgate.toml:19: route[1].path: another route already has path \"/llama/\""), "{stderr}");
+    assert!(stderr.contains("hfgate.toml:21: route[1].timeout: invalid duration \"soon\""), "{stderr}");
 }
 
 /// A running `hfgate serve` child and the reader of its stderr.
@@ -199,34 +165,16 @@ fn spawn_serve(config: &Path, extra_env: &[(&str, &str)]) -> Served {
         let _ = logs_tx.send(all);
     });
     match started_rx.recv_timeout(Duration::from_secs(15)) {
-        Ok((proxy, admin)) => Served {
-            child,
-            proxy,
-            admin,
-            logs,
-        },
-        Err(_) => panic!(
-            "hfgate did not start:\n{}",
-            logs.recv_timeout(Duration::from_secs(5))
-                .unwrap_or_default()
-        ),
+        Ok((proxy, admin)) => Served { child, proxy, admin, logs },
+        Err(_) => panic!("hfgate did not start:\n{}", logs.recv_timeout(Duration::from_secs(5)).unwrap_or_default()),
     }
 }
 
 /// Sends SIGTERM, waits for the exit, and returns (exited cleanly, stderr).
 fn stop_and_collect_logs(mut served: Served) -> (bool, String) {
-    Command::new("kill")
-        .args(["-TERM", &served.child.id().to_string()])
-        .status()
-        .expect("kill");
+    Command::new("kill").args(["-TERM", &served.child.id().to_string()]).status().expect("kill");
     let clean = wait_with_timeout(&mut served.child, Duration::from_secs(15));
-    (
-        clean,
-        served
-            .logs
-            .recv_timeout(Duration::from_secs(5))
-            .unwrap_or_default(),
-    )
+    (clean, served.logs.recv_timeout(Duration::from_secs(5)).unwrap_or_default())
 }
 
 fn wait_with_timeout(child: &mut Child, timeout: Duration) -> bool {
@@ -246,16 +194,11 @@ fn wait_with_timeout(child: &mut Child, timeout: Duration) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_keeps_secrets_out_of_logs_and_audit_and_drains_on_sigterm() {
     let loopback = "127.0.0.1:0".parse().expect("addr");
-    let issuer = DevIssuer::start(loopback, common::AUDIENCE, Algorithm::ES256)
-        .await
-        .expect("issuer");
-    let upstream = MockUpstream::start(
-        loopback,
-        Duration::from_millis(150),
-        Some(format!("Bearer {}", common::ORG_SECRET)),
-    )
-    .await
-    .expect("upstream");
+    let issuer = DevIssuer::start(loopback, common::AUDIENCE, Algorithm::ES256).await.expect("issuer");
+    let upstream =
+        MockUpstream::start(loopback, Duration::from_millis(150), Some(format!("Bearer {}", common::ORG_SECRET)))
+            .await
+            .expect("upstream");
     let dir = common::temp_dir("serve");
     let config = dir.join("hfgate.toml");
     let text = format!(
@@ -272,13 +215,9 @@ async fn serve_keeps_secrets_out_of_logs_and_audit_and_drains_on_sigterm() {
 
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let ready = common::send(
-            &client,
-            Request::get(format!("http://{admin}/readyz"))
-                .body(Body::empty())
-                .expect("req"),
-        )
-        .await;
+        let ready =
+            common::send(&client, Request::get(format!("http://{admin}/readyz")).body(Body::empty()).expect("req"))
+                .await;
         if ready.status == StatusCode::OK {
             break;
         }
@@ -302,40 +241,23 @@ async fn serve_keeps_secrets_out_of_logs_and_audit_and_drains_on_sigterm() {
         StatusCode::OK,
         "the org credential from env: reached the upstream"
     );
-    assert_eq!(
-        common::send(&client, get(&bad)).await.status,
-        StatusCode::UNAUTHORIZED
-    );
-    assert_eq!(
-        common::send(&client, get(hf)).await.status,
-        StatusCode::UNAUTHORIZED
-    );
+    assert_eq!(common::send(&client, get(&bad)).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(common::send(&client, get(hf)).await.status, StatusCode::UNAUTHORIZED);
 
     // A stream in flight when SIGTERM arrives still completes.
     let stream_request = Request::post(format!("http://{proxy}/tgi/v1/chat/completions"))
         .header("authorization", format!("Bearer {good}"))
         .header("content-type", "application/json")
-        .body(Body::from(
-            r#"{"model":"tgi","stream":true,"messages":[{"role":"user","content":"hi"}]}"#,
-        ))
+        .body(Body::from(r#"{"model":"tgi","stream":true,"messages":[{"role":"user","content":"hi"}]}"#))
         .expect("req");
     let stream_client = client.clone();
-    let in_flight =
-        tokio::spawn(async move { common::timed_chunks(&stream_client, stream_request).await });
+    let in_flight = tokio::spawn(async move { common::timed_chunks(&stream_client, stream_request).await });
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let (clean_exit, logs) = tokio::task::spawn_blocking(move || stop_and_collect_logs(served))
-        .await
-        .expect("join");
+    let (clean_exit, logs) = tokio::task::spawn_blocking(move || stop_and_collect_logs(served)).await.expect("join");
     let (status, chunks) = in_flight.await.expect("stream task");
     assert_eq!(status, StatusCode::OK);
-    let text: String = chunks
-        .iter()
-        .map(|(_, c)| String::from_utf8_lossy(c).into_owned())
-        .collect();
-    assert!(
-        text.contains("data: [DONE]"),
-        "the in-flight stream was cut: {text}"
-    );
+    let text: String = chunks.iter().map(|(_, c)| String::from_utf8_lossy(c).into_owned()).collect();
+    assert!(text.contains("data: [DONE]"), "the in-flight stream was cut: {text}");
     assert!(clean_exit, "hfgate exits 0 after SIGTERM");
 
     let audit = std::fs::read_to_string(dir.join("audit.jsonl")).expect("audit");

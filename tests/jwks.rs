@@ -13,85 +13,46 @@ use serde_json::json;
 async fn issuer_key_rotation_is_picked_up_without_restart() {
     let stack = Stack::start().await;
     let old_token = stack.token("alice");
-    assert_eq!(
-        stack.get("/tgi/echo", Some(&old_token)).await.status,
-        StatusCode::OK
-    );
+    assert_eq!(stack.get("/tgi/echo", Some(&old_token)).await.status, StatusCode::OK);
     let fetches_before = stack.issuer.jwks_fetches();
 
     let new_key = stack.issuer.rotate(Algorithm::ES256).expect("rotate");
     let new_token = stack.token("bob");
     assert!(new_token.contains('.'));
     let reply = stack.get("/tgi/echo", Some(&new_token)).await;
-    assert_eq!(
-        reply.status,
-        StatusCode::OK,
-        "a token from the rotated key: {}",
-        reply.text()
-    );
-    assert_eq!(
-        stack.issuer.jwks_fetches(),
-        fetches_before + 1,
-        "one refetch for the new kid"
-    );
-    let kids: Vec<String> = stack.server.gateway.authn.issuers()[0]
-        .snapshot()
-        .expect("keys")
-        .kids()
-        .map(String::from)
-        .collect();
+    assert_eq!(reply.status, StatusCode::OK, "a token from the rotated key: {}", reply.text());
+    assert_eq!(stack.issuer.jwks_fetches(), fetches_before + 1, "one refetch for the new kid");
+    let kids: Vec<String> =
+        stack.server.gateway.authn.issuers()[0].snapshot().expect("keys").kids().map(String::from).collect();
     assert!(kids.contains(&new_key.kid().to_string()));
 
     // Tokens signed by the previous key remain valid while it is published.
-    assert_eq!(
-        stack.get("/tgi/echo", Some(&old_token)).await.status,
-        StatusCode::OK
-    );
+    assert_eq!(stack.get("/tgi/echo", Some(&old_token)).await.status, StatusCode::OK);
 
     let metrics = stack
         .client
-        .request(
-            http::Request::get(stack.admin_url("/metrics"))
-                .body(axum::body::Body::empty())
-                .expect("req"),
-        )
+        .request(http::Request::get(stack.admin_url("/metrics")).body(axum::body::Body::empty()).expect("req"))
         .await
         .expect("metrics");
     let text = String::from_utf8(
-        http_body_util::BodyExt::collect(metrics.into_body())
-            .await
-            .expect("body")
-            .to_bytes()
-            .to_vec(),
+        http_body_util::BodyExt::collect(metrics.into_body()).await.expect("body").to_bytes().to_vec(),
     )
     .expect("utf8");
-    assert!(
-        text.contains("hfgate_jwks_fetches_total{issuer=\"dev\",result=\"ok\"} 2"),
-        "{text}"
-    );
+    assert!(text.contains("hfgate_jwks_fetches_total{issuer=\"dev\",result=\"ok\"} 2"), "{text}");
 }
 
 #[tokio::test]
 async fn a_flood_of_unknown_kids_costs_the_issuer_at_most_one_fetch_per_interval() {
-    let stack = Stack::start_with(Options {
-        issuer_extra: "jwks_refetch_min_interval = \"30s\"".into(),
-        ..Options::default()
-    })
-    .await;
-    let claims = stack
-        .issuer
-        .claims("mallory", &[], Duration::from_secs(600));
+    let stack =
+        Stack::start_with(Options { issuer_extra: "jwks_refetch_min_interval = \"30s\"".into(), ..Options::default() })
+            .await;
+    let claims = stack.issuer.claims("mallory", &[], Duration::from_secs(600));
     let before = stack.issuer.jwks_fetches();
     let mut tasks = Vec::new();
     for i in 0..300 {
         // Random kids with junk signatures: refused at the key lookup, which is what a flood targets.
         let header = json!({"alg": "ES256", "kid": format!("random-{i}")});
-        let token = format!(
-            "{}.{}.{}",
-            b64url(header.to_string()),
-            b64url(claims.to_string()),
-            b64url([1u8; 64])
-        );
+        let token = format!("{}.{}.{}", b64url(header.to_string()), b64url(claims.to_string()), b64url([1u8; 64]));
         let client = stack.client.clone();
         let url = stack.url("/tgi/echo");
         tasks.push(tokio::spawn(async move {
@@ -106,16 +67,14 @@ async fn a_flood_of_unknown_kids_costs_the_issuer_at_most_one_fetch_per_interval
         assert_eq!(task.await.expect("task"), StatusCode::UNAUTHORIZED);
     }
     let fetched = stack.issuer.jwks_fetches() - before;
-    assert!(
-        fetched <= 1,
-        "300 random kids caused {fetched} JWKS fetches"
-    );
+    assert!(fetched <= 1, "300 random kids caused {fetched} JWKS fetches");
 }
 
 #[tokio::test]
 async fn an_outage_keeps_the_last_good_keys_for_a_bounded_time() {
     let stack = Stack::start_with(Options {
-        issuer_extra: "jwks_refresh_interval = \"1s\"\njwks_max_stale = \"3s\"\njwks_refetch_min_interval = \"1s\"".into(),
+        issuer_extra: "jwks_refresh_interval = \"1s\"\njwks_max_stale = \"3s\"\njwks_refetch_min_interval = \"1s\""
+            .into(),
         ..Options::default()
     })
     .await;
@@ -123,20 +82,14 @@ async fn an_outage_keeps_the_last_good_keys_for_a_bounded_time() {
     let outage_started = Instant::now();
     // Fresh tokens (not in the verified-token cache) keep working on the last good keys...
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let during = stack
-        .get("/tgi/echo", Some(&stack.token("during-outage")))
-        .await;
+    let during = stack.get("/tgi/echo", Some(&stack.token("during-outage"))).await;
     assert_eq!(during.status, StatusCode::OK, "{}", during.text());
     // ...until they are older than jwks_max_stale: then hfgate fails closed with 503.
     let mut failed_closed = None;
     while outage_started.elapsed() < Duration::from_secs(8) {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        let reply = stack
-            .get(
-                "/tgi/echo",
-                Some(&stack.token(&format!("late-{}", outage_started.elapsed().as_millis()))),
-            )
-            .await;
+        let reply =
+            stack.get("/tgi/echo", Some(&stack.token(&format!("late-{}", outage_started.elapsed().as_millis())))).await;
         if reply.status == StatusCode::SERVICE_UNAVAILABLE {
             failed_closed = Some(reply);
             break;
@@ -144,33 +97,19 @@ async fn an_outage_keeps_the_last_good_keys_for_a_bounded_time() {
     }
     let reply = failed_closed.expect("stale keys must stop being used");
     assert_eq!(reply.json()["error"], "temporarily_unavailable");
-    assert_eq!(
-        reply.json()["error_description"],
-        "signing keys of issuer dev are unavailable; try again later"
-    );
-    assert!(
-        outage_started.elapsed() >= Duration::from_secs(3),
-        "keys were kept for at least jwks_max_stale"
-    );
+    assert_eq!(reply.json()["error_description"], "signing keys of issuer dev are unavailable; try again later");
+    assert!(outage_started.elapsed() >= Duration::from_secs(3), "keys were kept for at least jwks_max_stale");
 
     // Recovery: the next successful refresh restores service.
     stack.issuer.set_outage(false);
     let deadline = Instant::now() + Duration::from_secs(8);
     loop {
-        let reply = stack
-            .get(
-                "/tgi/echo",
-                Some(&stack.token(&format!("after-{}", deadline.elapsed().as_nanos()))),
-            )
-            .await;
+        let reply =
+            stack.get("/tgi/echo", Some(&stack.token(&format!("after-{}", deadline.elapsed().as_nanos())))).await;
         if reply.status == StatusCode::OK {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "did not recover: {}",
-            reply.text()
-        );
+        assert!(Instant::now() < deadline, "did not recover: {}", reply.text());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -178,25 +117,17 @@ async fn an_outage_keeps_the_last_good_keys_for_a_bounded_time() {
 #[tokio::test]
 async fn readiness_waits_for_every_issuers_keys() {
     let loopback = "127.0.0.1:0".parse().expect("addr");
-    let issuer = hfgate::demo::DevIssuer::start(loopback, common::AUDIENCE, Algorithm::ES256)
-        .await
-        .expect("issuer");
-    let upstream = hfgate::demo::MockUpstream::start(loopback, Duration::ZERO, None)
-        .await
-        .expect("upstream");
+    let issuer = hfgate::demo::DevIssuer::start(loopback, common::AUDIENCE, Algorithm::ES256).await.expect("issuer");
+    let upstream = hfgate::demo::MockUpstream::start(loopback, Duration::ZERO, None).await.expect("upstream");
     issuer.set_outage(true);
     let dir = common::temp_dir("ready");
     let text = common::config_text(&issuer, upstream.addr(), &dir, &Options::default());
     std::fs::write(dir.join("hfgate.toml"), &text).expect("write");
     let server =
-        hfgate::server::start(hfgate::config::load(&dir.join("hfgate.toml")).expect("config"))
-            .await
-            .expect("start");
+        hfgate::server::start(hfgate::config::load(&dir.join("hfgate.toml")).expect("config")).await.expect("start");
     let client = hfgate::client::build(Duration::from_secs(2));
     let readyz = |client: hfgate::client::HttpClient, addr| async move {
-        let request = http::Request::get(format!("http://{addr}/readyz"))
-            .body(axum::body::Body::empty())
-            .expect("req");
+        let request = http::Request::get(format!("http://{addr}/readyz")).body(axum::body::Body::empty()).expect("req");
         common::send(&client, request).await
     };
     let not_ready = readyz(client.clone(), server.admin_addr).await;

@@ -23,36 +23,18 @@ fn post_json(stack: &Stack, path: &str, token: &str, body: &Value) -> Request<Bo
 
 #[tokio::test]
 async fn streamed_chunks_arrive_as_the_upstream_sends_them() {
-    let stack = Stack::start_with(Options {
-        chunk_delay: Duration::from_millis(100),
-        ..Options::default()
-    })
-    .await;
+    let stack = Stack::start_with(Options { chunk_delay: Duration::from_millis(100), ..Options::default() }).await;
     let token = stack.token("alice");
-    let body =
-        json!({"model": "tgi", "stream": true, "messages": [{"role": "user", "content": "Hello"}]});
-    let (status, chunks) = common::timed_chunks(
-        &stack.client,
-        post_json(&stack, "/tgi/v1/chat/completions", &token, &body),
-    )
-    .await;
+    let body = json!({"model": "tgi", "stream": true, "messages": [{"role": "user", "content": "Hello"}]});
+    let (status, chunks) =
+        common::timed_chunks(&stack.client, post_json(&stack, "/tgi/v1/chat/completions", &token, &body)).await;
     assert_eq!(status, StatusCode::OK);
-    assert!(
-        chunks.len() >= 10,
-        "expected one chunk per event, got {}",
-        chunks.len()
-    );
+    assert!(chunks.len() >= 10, "expected one chunk per event, got {}", chunks.len());
     let first = chunks.first().expect("first").0;
     let last = chunks.last().expect("last").0;
     // The upstream pauses 100 ms between ~20 events: a buffering proxy would deliver all at the end.
-    assert!(
-        first.as_secs_f64() < 0.25 * last.as_secs_f64(),
-        "first chunk at {first:?}, last at {last:?}"
-    );
-    let text: String = chunks
-        .iter()
-        .map(|(_, c)| String::from_utf8_lossy(c).into_owned())
-        .collect();
+    assert!(first.as_secs_f64() < 0.25 * last.as_secs_f64(), "first chunk at {first:?}, last at {last:?}");
+    let text: String = chunks.iter().map(|(_, c)| String::from_utf8_lossy(c).into_owned()).collect();
     assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
 
     let audit = stack.audit_at_least(1).await;
@@ -70,48 +52,18 @@ async fn usage_is_read_from_json_bodies_tgi_headers_and_tgi_streams() {
     let stack = Stack::start().await;
     let token = stack.token("alice");
     let chat = json!({"model": "tgi", "messages": [{"role": "user", "content": "one two three"}]});
-    assert_eq!(
-        stack
-            .send(post_json(&stack, "/tgi/v1/chat/completions", &token, &chat))
-            .await
-            .status,
-        StatusCode::OK
-    );
+    assert_eq!(stack.send(post_json(&stack, "/tgi/v1/chat/completions", &token, &chat)).await.status, StatusCode::OK);
     let generate = json!({"inputs": "one two", "parameters": {}});
-    let reply = stack
-        .send(post_json(&stack, "/tgi/generate", &token, &generate))
-        .await;
+    let reply = stack.send(post_json(&stack, "/tgi/generate", &token, &generate)).await;
     assert_eq!(reply.header("x-generated-tokens"), "20");
-    assert_eq!(
-        stack
-            .send(post_json(&stack, "/tgi/generate_stream", &token, &generate))
-            .await
-            .status,
-        StatusCode::OK
-    );
-    let embed = stack
-        .send(post_json(
-            &stack,
-            "/tgi/embed",
-            &token,
-            &json!({"inputs": "x"}),
-        ))
-        .await;
+    assert_eq!(stack.send(post_json(&stack, "/tgi/generate_stream", &token, &generate)).await.status, StatusCode::OK);
+    let embed = stack.send(post_json(&stack, "/tgi/embed", &token, &json!({"inputs": "x"}))).await;
     assert_eq!(embed.json().as_array().expect("vectors").len(), 1);
 
     let audit = stack.audit_at_least(4).await;
-    let usage = |path: &str| {
-        audit
-            .iter()
-            .find(|l| l["path"] == path)
-            .map(|l| l["usage"].clone())
-            .expect(path)
-    };
+    let usage = |path: &str| audit.iter().find(|l| l["path"] == path).map(|l| l["usage"].clone()).expect(path);
     assert_eq!(usage("/tgi/v1/chat/completions")["completion_tokens"], 20);
-    assert_eq!(
-        usage("/tgi/generate"),
-        json!({"prompt_tokens": 2, "completion_tokens": 20})
-    );
+    assert_eq!(usage("/tgi/generate"), json!({"prompt_tokens": 2, "completion_tokens": 20}));
     assert_eq!(usage("/tgi/generate_stream")["completion_tokens"], 20);
     assert_eq!(usage("/tgi/embed"), Value::Null);
     let line = &audit[0];
@@ -133,10 +85,7 @@ async fn usage_is_read_from_json_bodies_tgi_headers_and_tgi_streams() {
         "upstream",
         "error",
     ] {
-        assert!(
-            line.get(field).is_some(),
-            "audit line lacks {field}: {line}"
-        );
+        assert!(line.get(field).is_some(), "audit line lacks {field}: {line}");
     }
     assert_eq!(line["model"]["id"], "acme/tiny-chat");
     assert_eq!(line["identity"]["issuer"], stack.issuer.issuer());
@@ -168,10 +117,7 @@ async fn upstream_sees_the_org_credential_and_a_verified_identity_only() {
     assert_eq!(echoed["query"], "x=1");
     assert_eq!(headers["authorization"], format!("Bearer {ORG_SECRET}"));
     assert_eq!(headers["x-forwarded-user"], "alice");
-    assert!(
-        headers.get("x-forwarded-email").is_none(),
-        "the token has no email: the spoofed one must not pass"
-    );
+    assert!(headers.get("x-forwarded-email").is_none(), "the token has no email: the spoofed one must not pass");
     assert_eq!(headers["x-forwarded-groups"], "ml-research");
     assert_eq!(headers["x-forwarded-for"], "127.0.0.1");
     assert_eq!(headers["x-forwarded-proto"], "http");
@@ -184,10 +130,7 @@ async fn upstream_sees_the_org_credential_and_a_verified_identity_only() {
             && headers.get("x-hop").is_none()
             && headers.get("connection").is_none()
     );
-    assert!(
-        !echoed.to_string().contains(&token),
-        "the caller's token must not reach the upstream"
-    );
+    assert!(!echoed.to_string().contains(&token), "the caller's token must not reach the upstream");
 
     // The assertion verifies against /.hfgate/jwks.json and names the caller and the route.
     let assertion = headers["x-hfgate-assertion"].as_str().expect("assertion");
@@ -203,35 +146,22 @@ async fn upstream_sees_the_org_credential_and_a_verified_identity_only() {
     assert_eq!(parsed.claims["aud"], "tgi");
     assert_eq!(parsed.claims["iss"], "http://hfgate.test");
     assert_eq!(parsed.claims["idp"], stack.issuer.issuer());
-    let lifetime =
-        parsed.claims["exp"].as_u64().expect("exp") - parsed.claims["iat"].as_u64().expect("iat");
-    assert!(
-        lifetime > 0 && lifetime <= 300,
-        "assertions are minutes long, got {lifetime}s"
-    );
+    let lifetime = parsed.claims["exp"].as_u64().expect("exp") - parsed.claims["iat"].as_u64().expect("iat");
+    assert!(lifetime > 0 && lifetime <= 300, "assertions are minutes long, got {lifetime}s");
 }
 
 #[tokio::test]
 async fn passthrough_forwards_the_callers_validated_token() {
-    let stack = Stack::start_with(Options {
-        credential: Some("passthrough".into()),
-        ..Options::default()
-    })
-    .await;
+    let stack = Stack::start_with(Options { credential: Some("passthrough".into()), ..Options::default() }).await;
     let token = stack.token("alice");
     let through = stack.get("/tgi/echo", Some(&token)).await.json();
-    assert_eq!(
-        through["headers"]["authorization"],
-        format!("Bearer {token}")
-    );
+    assert_eq!(through["headers"]["authorization"], format!("Bearer {token}"));
 }
 
 #[tokio::test]
 async fn routing_prefixes_and_path_hygiene() {
     let loopback = "127.0.0.1:0".parse().expect("addr");
-    let upstream = hfgate::demo::MockUpstream::start(loopback, Duration::ZERO, None)
-        .await
-        .expect("upstream");
+    let upstream = hfgate::demo::MockUpstream::start(loopback, Duration::ZERO, None).await.expect("upstream");
     let stack = Stack::start_with(Options {
         tail: format!(
             "[[route]]\nname = \"raw\"\npath = \"/raw\"\nupstream = \"http://{0}/echo\"\ncredential = \"none\"\n\n[[route]]\nname = \"tgi-admin\"\npath = \"/tgi/admin/\"\nupstream = \"http://{0}\"\nstrip_prefix = true\n",
@@ -250,10 +180,7 @@ async fn routing_prefixes_and_path_hygiene() {
     let admin = stack.get("/tgi/admin/echo", Some(&token)).await.json();
     assert_eq!(admin["path"], "/echo");
     // A prefix matches whole segments only.
-    assert_eq!(
-        stack.get("/rawdata", Some(&token)).await.status,
-        StatusCode::NOT_FOUND
-    );
+    assert_eq!(stack.get("/rawdata", Some(&token)).await.status, StatusCode::NOT_FOUND);
     let missing = stack.get("/nowhere", Some(&token)).await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
     assert_eq!(missing.json()["error"], "not_found");
@@ -262,15 +189,9 @@ async fn routing_prefixes_and_path_hygiene() {
         ("/tgi/../raw/x", "path contains a '.' or '..' segment"),
         ("/tgi/%2e%2e/raw/x", "path contains a '.' or '..' segment"),
         ("/tgi/.%2E/raw", "path contains a '.' or '..' segment"),
-        (
-            "/tgi/a%2Fb",
-            "path contains an encoded slash or backslash (%2F, %5C)",
-        ),
+        ("/tgi/a%2Fb", "path contains an encoded slash or backslash (%2F, %5C)"),
         ("/tgi//echo", "path contains an empty segment ('//')"),
-        (
-            "/tgi/%00",
-            "path contains a control character or an encoded NUL",
-        ),
+        ("/tgi/%00", "path contains a control character or an encoded NUL"),
     ] {
         let reply = stack.get(path, Some(&token)).await;
         assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{path}");
@@ -286,9 +207,7 @@ async fn upstream_down_is_502_and_slow_is_504() {
     drop(closed);
     let stack = Stack::start_with(Options {
         route_extra: "timeout = \"400ms\"\nidle_timeout = \"400ms\"".into(),
-        tail: format!(
-            "[[route]]\nname = \"dead\"\npath = \"/dead\"\nupstream = \"http://{dead}\"\n"
-        ),
+        tail: format!("[[route]]\nname = \"dead\"\npath = \"/dead\"\nupstream = \"http://{dead}\"\n"),
         ..Options::default()
     })
     .await;
@@ -297,14 +216,9 @@ async fn upstream_down_is_502_and_slow_is_504() {
     let down = stack.get("/dead/x", Some(&token)).await;
     assert_eq!(down.status, StatusCode::BAD_GATEWAY);
     assert_eq!(down.json()["error"], "bad_gateway");
-    assert_eq!(
-        down.json()["error_description"],
-        "the upstream of route dead is unavailable"
-    );
+    assert_eq!(down.json()["error_description"], "the upstream of route dead is unavailable");
 
-    let slow = stack
-        .get("/tgi/mock/slow-headers?ms=3000", Some(&token))
-        .await;
+    let slow = stack.get("/tgi/mock/slow-headers?ms=3000", Some(&token)).await;
     assert_eq!(slow.status, StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(slow.json()["error"], "gateway_timeout");
 
@@ -317,30 +231,16 @@ async fn upstream_down_is_502_and_slow_is_504() {
     assert_eq!(response.status(), StatusCode::OK);
     let started = std::time::Instant::now();
     let body = response.into_body().collect().await;
-    assert!(
-        body.is_err(),
-        "the body must end in an error, not look complete"
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(4),
-        "cut by the idle timeout, not by the upstream"
-    );
+    assert!(body.is_err(), "the body must end in an error, not look complete");
+    assert!(started.elapsed() < Duration::from_secs(4), "cut by the idle timeout, not by the upstream");
 
     let audit = stack.audit_at_least(4).await;
     let by_path = |p: &str| audit.iter().find(|l| l["path"] == p).cloned().expect(p);
     assert_eq!(by_path("/dead/x")["status"], 502);
-    assert!(
-        by_path("/dead/x")["error"]
-            .as_str()
-            .expect("error")
-            .starts_with("upstream unavailable")
-    );
+    assert!(by_path("/dead/x")["error"].as_str().expect("error").starts_with("upstream unavailable"));
     assert_eq!(by_path("/tgi/mock/slow-headers")["status"], 504);
     let stalled = by_path("/tgi/mock/stall-body");
-    assert!(
-        stalled["error"].as_str().expect("error").contains("idle"),
-        "{stalled}"
-    );
+    assert!(stalled["error"].as_str().expect("error").contains("idle"), "{stalled}");
 }
 
 #[tokio::test]
@@ -356,14 +256,7 @@ async fn h2c_clients_are_served() {
     let response = h2.request(request).await.expect("h2 response");
     assert_eq!(response.version(), http::Version::HTTP_2);
     assert_eq!(response.status(), StatusCode::OK);
-    let body: Value = serde_json::from_slice(
-        &response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes(),
-    )
-    .expect("json");
+    let body: Value =
+        serde_json::from_slice(&response.into_body().collect().await.expect("body").to_bytes()).expect("json");
     assert_eq!(body["headers"]["x-forwarded-user"], "alice");
 }

@@ -134,17 +134,20 @@ def main():
         w("")
 
     if measured_targets or any(r["status"] == "invalid" for r in rows):
-        w("Per target (median round): CPU busy % of the proxy core and of the load core, the measured")
-        w("process's own CPU % of one core, its thread count, socket errors, and hfgate's audit lines.")
+        w("Per target (median round): how busy the proxy core and the load core were, the measured")
+        w("process's own share of one core, the part of each core used by processes outside the benchmark,")
+        w("the process's thread count, socket errors, and hfgate's audit lines.")
         w("")
-        w("| target | proxy core | load core | process CPU | threads | socket errors | audit lines |")
-        w("|---|---:|---:|---:|---:|---:|---:|")
+        w("| target | proxy core | load core | process CPU | others on proxy / load core | threads "
+          "| socket errors | audit lines |")
+        w("|---|---:|---:|---:|---:|---:|---:|---:|")
         for target in targets:
             measured = [r for r in rows if r["target"] == target and r["status"] in ("ok", "invalid")]
             if not measured:
                 continue
             r = median_row(measured)
-            w(f"| {target} | {r['cpu_proxy']} % | {r['cpu_load']} % | {r['proc_cpu']} % | {r['threads']} "
+            w(f"| {target} | {r['cpu_proxy']} % | {r['cpu_load']} % | {r['proc_cpu']} % "
+              f"| {r['other_proxy']} % / {r['other_load']} % | {r['threads']} "
               f"| {r['err_socket']} | {r['audit_lines']} |")
         w("")
         if "direct" in measured_targets:
@@ -153,9 +156,10 @@ def main():
 
     w("Machine:")
     w("")
-    for key in ("host", "cpu", "nproc", "loadavg", "nginx", "haproxy", "wrk", "openssl", "hfgate", "commit"):
+    labels = {"idle": "busy before the run"}
+    for key in ("host", "cpu", "nproc", "idle", "nginx", "haproxy", "wrk", "openssl", "hfgate", "commit"):
         if meta.get(key):
-            w(f"- {key}: {meta[key]}")
+            w(f"- {labels.get(key, key)}: {meta[key]}")
     print("\n".join(out))
 
 

@@ -8,7 +8,7 @@ use crate::authn::{Identity, IdentityKind};
 #[derive(Debug, Serialize)]
 pub struct AuditEvent<'a> {
     /// RFC 3339, UTC, milliseconds.
-    pub ts: String,
+    pub ts: Timestamp,
     pub request_id: &'a str,
     pub route: Option<&'a str>,
     pub method: &'a str,
@@ -66,19 +66,11 @@ pub struct Decision {
 
 impl Decision {
     pub fn allow(reason: impl Into<String>) -> Decision {
-        Decision {
-            allow: true,
-            policies: Vec::new(),
-            reason: reason.into(),
-        }
+        Decision { allow: true, policies: Vec::new(), reason: reason.into() }
     }
 
     pub fn deny(reason: impl Into<String>) -> Decision {
-        Decision {
-            allow: false,
-            policies: Vec::new(),
-            reason: reason.into(),
-        }
+        Decision { allow: false, policies: Vec::new(), reason: reason.into() }
     }
 }
 
@@ -95,23 +87,60 @@ impl Usage {
     }
 }
 
-/// Formats a Unix time in milliseconds as RFC 3339 UTC (civil-from-days, Howard Hinnant's algorithm).
-pub fn rfc3339_millis(unix_ms: u128) -> String {
-    let secs = (unix_ms / 1000) as i64;
-    let ms = (unix_ms % 1000) as u32;
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let (h, m, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{ms:03}Z")
+/// An RFC 3339 UTC timestamp with milliseconds (`2026-11-29T09:34:08.559Z`), formatted without allocating.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Timestamp([u8; 24]);
+
+impl Timestamp {
+    /// Civil date from days since the epoch (Howard Hinnant's algorithm).
+    pub fn from_unix_millis(unix_ms: u128) -> Timestamp {
+        let secs = (unix_ms / 1000) as i64;
+        let ms = (unix_ms % 1000) as i64;
+        let days = secs.div_euclid(86_400);
+        let rem = secs.rem_euclid(86_400);
+        let z = days + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z.rem_euclid(146_097);
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = doy - (153 * mp + 2) / 5 + 1;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 };
+        let year = (yoe + era * 400 + i64::from(month <= 2)).clamp(0, 9999);
+        let mut out = *b"0000-00-00T00:00:00.000Z";
+        let mut put = |at: usize, width: usize, value: i64| {
+            let mut v = value;
+            for i in (0..width).rev() {
+                out[at + i] = b'0' + (v % 10) as u8;
+                v /= 10;
+            }
+        };
+        put(0, 4, year);
+        put(5, 2, month);
+        put(8, 2, day);
+        put(11, 2, rem / 3600);
+        put(14, 2, (rem % 3600) / 60);
+        put(17, 2, rem % 60);
+        put(20, 3, ms);
+        Timestamp(out)
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ASCII digits and separators are ever written.
+        std::str::from_utf8(&self.0).unwrap_or("0000-00-00T00:00:00.000Z")
+    }
+}
+
+impl std::fmt::Debug for Timestamp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
 }
 
 #[cfg(test)]
@@ -120,11 +149,8 @@ mod tests {
 
     #[test]
     fn rfc3339_known_instants() {
-        assert_eq!(rfc3339_millis(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339_millis(951_782_400_123), "2000-02-29T00:00:00.123Z");
-        assert_eq!(
-            rfc3339_millis(1_795_954_380_000),
-            "2026-11-29T12:13:00.000Z"
-        );
+        assert_eq!(Timestamp::from_unix_millis(0).as_str(), "1970-01-01T00:00:00.000Z");
+        assert_eq!(Timestamp::from_unix_millis(951_782_400_123).as_str(), "2000-02-29T00:00:00.123Z");
+        assert_eq!(Timestamp::from_unix_millis(1_795_954_380_000).as_str(), "2026-11-29T12:13:00.000Z");
     }
 }

@@ -36,9 +36,7 @@ struct Shared {
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Pending> {
         // A panic while holding the lock cannot leave `Pending` inconsistent: keep going.
-        self.pending
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -69,13 +67,8 @@ impl AuditSink {
         };
         let shared = Arc::new(Shared::default());
         let for_writer = shared.clone();
-        thread::Builder::new()
-            .name("hfgate-audit".into())
-            .spawn(move || write_loop(writer, &for_writer))?;
-        Ok(AuditSink {
-            _closer: Arc::new(Closer(shared.clone())),
-            shared,
-        })
+        thread::Builder::new().name("hfgate-audit".into()).spawn(move || write_loop(writer, &for_writer))?;
+        Ok(AuditSink { _closer: Arc::new(Closer(shared.clone())), shared })
     }
 
     /// Queues one event, serialized straight into the shared buffer.
@@ -104,11 +97,7 @@ impl AuditSink {
         let target = pending.requested;
         self.shared.wake_writer.notify_one();
         while pending.written < target && !pending.closed {
-            pending = self
-                .shared
-                .written
-                .wait(pending)
-                .unwrap_or_else(|p| p.into_inner());
+            pending = self.shared.written.wait(pending).unwrap_or_else(|p| p.into_inner());
         }
     }
 }
@@ -117,10 +106,7 @@ fn open_append(path: &Path) -> std::io::Result<std::fs::File> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
+    std::fs::OpenOptions::new().create(true).append(true).open(path)
 }
 
 fn write_loop(mut out: Box<dyn Write + Send>, shared: &Shared) {
@@ -128,16 +114,10 @@ fn write_loop(mut out: Box<dyn Write + Send>, shared: &Shared) {
     loop {
         let mut pending = shared.lock();
         while pending.lines.is_empty() && pending.requested == pending.written && !pending.closed {
-            pending = shared
-                .wake_writer
-                .wait(pending)
-                .unwrap_or_else(|p| p.into_inner());
+            pending = shared.wake_writer.wait(pending).unwrap_or_else(|p| p.into_inner());
         }
         // Let a burst accumulate, unless someone is waiting for a flush, the buffer is large, or we stop.
-        if pending.requested == pending.written
-            && pending.lines.len() < HIGH_WATER
-            && !pending.closed
-        {
+        if pending.requested == pending.written && pending.lines.len() < HIGH_WATER && !pending.closed {
             pending = shared
                 .wake_writer
                 .wait_timeout(pending, BATCH_WINDOW)

@@ -48,41 +48,20 @@ pub struct IdentityHeaders {
 /// Entra v2), `appid` (Entra v1), `cid` (Okta classic).
 const CLIENT_ID_CLAIMS: [&str; 4] = ["client_id", "azp", "appid", "cid"];
 
-pub fn identity_from_claims(
-    issuer: &IssuerSettings,
-    claims: &Map<String, Value>,
-    expires_at: u64,
-) -> Identity {
-    let subject = claims
-        .get("sub")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string();
-    let email = issuer
-        .email_claim
-        .lookup(claims)
-        .and_then(Value::as_str)
-        .map(str::to_string);
+pub fn identity_from_claims(issuer: &IssuerSettings, claims: &Map<String, Value>, expires_at: u64) -> Identity {
+    let subject = claims.get("sub").and_then(Value::as_str).unwrap_or_default().to_string();
+    let email = issuer.email_claim.lookup(claims).and_then(Value::as_str).map(str::to_string);
     let groups = match issuer.groups_claim.lookup(claims) {
-        Some(Value::Array(items)) => items
-            .iter()
-            .filter_map(Value::as_str)
-            .map(str::to_string)
-            .collect(),
+        Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).map(str::to_string).collect(),
         Some(Value::String(one)) => vec![one.clone()],
         _ => Vec::new(),
     };
-    let client_id = CLIENT_ID_CLAIMS
-        .iter()
-        .find_map(|c| claims.get(*c).and_then(Value::as_str))
-        .map(str::to_string);
+    let client_id = CLIENT_ID_CLAIMS.iter().find_map(|c| claims.get(*c).and_then(Value::as_str)).map(str::to_string);
     let kind = match issuer.kind {
         KindRule::User => IdentityKind::User,
         KindRule::Workload => IdentityKind::Workload,
         KindRule::Auto => {
-            if client_id.as_deref() == Some(subject.as_str())
-                || subject.starts_with("system:serviceaccount:")
-            {
+            if client_id.as_deref() == Some(subject.as_str()) || subject.starts_with("system:serviceaccount:") {
                 IdentityKind::Workload
             } else {
                 IdentityKind::User
@@ -91,9 +70,7 @@ pub fn identity_from_claims(
     };
     let headers = IdentityHeaders {
         user: header_value(&encode_header_text(&subject, false)),
-        email: email
-            .as_deref()
-            .map(|e| header_value(&encode_header_text(e, false))),
+        email: email.as_deref().map(|e| header_value(&encode_header_text(e, false))),
         groups: (!groups.is_empty()).then(|| {
             let joined: Vec<String> = groups.iter().map(|g| encode_header_text(g, true)).collect();
             header_value(&joined.join(","))

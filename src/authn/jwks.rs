@@ -42,15 +42,11 @@ impl VerifyingKey {
     /// The parsed key for `alg`, or why this key cannot verify it (wrong `kty`/curve, or a JWK `alg`
     /// pinning another algorithm).
     pub fn for_alg(&self, alg: Algorithm) -> Result<&ParsedPublicKey, AuthError> {
-        self.parsed
-            .iter()
-            .find(|(a, _)| *a == alg)
-            .map(|(_, key)| key)
-            .ok_or_else(|| AuthError::KeyMismatch {
-                kid: super::printable(self.kid.as_deref().unwrap_or("")),
-                family: self.family.to_string(),
-                alg,
-            })
+        self.parsed.iter().find(|(a, _)| *a == alg).map(|(_, key)| key).ok_or_else(|| AuthError::KeyMismatch {
+            kid: super::printable(self.kid.as_deref().unwrap_or("")),
+            family: self.family.to_string(),
+            alg,
+        })
     }
 }
 
@@ -86,36 +82,24 @@ pub enum JwkError {
 impl VerifyingKey {
     /// Decodes a JWK for the algorithms in `allowed`.
     pub fn from_jwk(jwk: &Value, allowed: &[Algorithm]) -> Result<VerifyingKey, JwkError> {
-        let raw: RawJwk = serde_json::from_value(jwk.clone())
-            .map_err(|_| JwkError::BadParameter("(not a JWK object)"))?;
+        let raw: RawJwk =
+            serde_json::from_value(jwk.clone()).map_err(|_| JwkError::BadParameter("(not a JWK object)"))?;
         if let Some(use_) = &raw.use_
             && use_ != "sig"
         {
             return Err(JwkError::NotForSignatures(use_.clone()));
         }
         let pinned = match &raw.alg {
-            Some(name) => Some(
-                Algorithm::from_name(name).ok_or_else(|| JwkError::AlgNotAccepted(name.clone()))?,
-            ),
+            Some(name) => Some(Algorithm::from_name(name).ok_or_else(|| JwkError::AlgNotAccepted(name.clone()))?),
             None => None,
         };
         let part = |v: &Option<String>, name: &'static str| {
-            v.as_deref()
-                .and_then(b64url_decode)
-                .filter(|b| !b.is_empty())
-                .ok_or(JwkError::BadParameter(name))
+            v.as_deref().and_then(b64url_decode).filter(|b| !b.is_empty()).ok_or(JwkError::BadParameter(name))
         };
         let (family, bytes) = match (raw.kty.as_deref(), raw.crv.as_deref()) {
-            (Some("RSA"), _) => (
-                KeyFamily::Rsa,
-                rsa_public_key_der(&part(&raw.n, "n")?, &part(&raw.e, "e")?),
-            ),
+            (Some("RSA"), _) => (KeyFamily::Rsa, rsa_public_key_der(&part(&raw.n, "n")?, &part(&raw.e, "e")?)),
             (Some("EC"), Some(crv @ ("P-256" | "P-384"))) => {
-                let (family, size) = if crv == "P-256" {
-                    (KeyFamily::EcP256, 32)
-                } else {
-                    (KeyFamily::EcP384, 48)
-                };
+                let (family, size) = if crv == "P-256" { (KeyFamily::EcP256, 32) } else { (KeyFamily::EcP384, 48) };
                 let (x, y) = (part(&raw.x, "x")?, part(&raw.y, "y")?);
                 if x.len() != size || y.len() != size {
                     return Err(JwkError::BadParameter("x/y length"));
@@ -142,15 +126,8 @@ impl VerifyingKey {
             (None, _) => return Err(JwkError::BadParameter("kty")),
         };
         let mut parsed = Vec::new();
-        for alg in allowed
-            .iter()
-            .copied()
-            .filter(|a| a.family() == family && pinned.is_none_or(|p| p == *a))
-        {
-            parsed.push((
-                alg,
-                ParsedPublicKey::new(alg.verification(), &bytes).map_err(|_| JwkError::Rejected)?,
-            ));
+        for alg in allowed.iter().copied().filter(|a| a.family() == family && pinned.is_none_or(|p| p == *a)) {
+            parsed.push((alg, ParsedPublicKey::new(alg.verification(), &bytes).map_err(|_| JwkError::Rejected)?));
         }
         if parsed.is_empty() {
             return Err(JwkError::AlgNotAccepted(match pinned {
@@ -158,21 +135,14 @@ impl VerifyingKey {
                 None => format!("any for {family}"),
             }));
         }
-        Ok(VerifyingKey {
-            kid: raw.kid,
-            family,
-            parsed,
-        })
+        Ok(VerifyingKey { kid: raw.kid, family, parsed })
     }
 }
 
 /// DER `RSAPublicKey ::= SEQUENCE { modulus INTEGER, publicExponent INTEGER }` (RFC 8017 A.1.1).
 fn rsa_public_key_der(n: &[u8], e: &[u8]) -> Vec<u8> {
     fn integer(out: &mut Vec<u8>, bytes: &[u8]) {
-        let start = bytes
-            .iter()
-            .position(|&b| b != 0)
-            .unwrap_or(bytes.len().saturating_sub(1));
+        let start = bytes.iter().position(|&b| b != 0).unwrap_or(bytes.len().saturating_sub(1));
         let bytes = &bytes[start..];
         let pad = bytes.first().is_some_and(|b| b & 0x80 != 0);
         out.push(0x02);
@@ -216,16 +186,9 @@ pub struct KeySet {
 impl KeySet {
     /// Builds a key set from a JWKS document; unusable keys are skipped, an empty result is an error.
     pub fn from_jwks(doc: &Value, allowed: &[Algorithm]) -> Result<KeySet, JwksError> {
-        let keys = doc
-            .get("keys")
-            .and_then(Value::as_array)
-            .ok_or(JwksError::NotAJwks)?;
-        let mut set = KeySet {
-            by_kid: HashMap::new(),
-            all: Vec::new(),
-            fetched_at: Instant::now(),
-            skipped: Vec::new(),
-        };
+        let keys = doc.get("keys").and_then(Value::as_array).ok_or(JwksError::NotAJwks)?;
+        let mut set =
+            KeySet { by_kid: HashMap::new(), all: Vec::new(), fetched_at: Instant::now(), skipped: Vec::new() };
         for jwk in keys {
             match VerifyingKey::from_jwk(jwk, allowed) {
                 Ok(key) => {
@@ -235,10 +198,7 @@ impl KeySet {
                     }
                     set.all.push(key);
                 }
-                Err(err) => set.skipped.push((
-                    jwk.get("kid").and_then(Value::as_str).map(String::from),
-                    err,
-                )),
+                Err(err) => set.skipped.push((jwk.get("kid").and_then(Value::as_str).map(String::from), err)),
             }
         }
         if set.all.is_empty() {
@@ -314,19 +274,12 @@ pub struct IssuerKeys {
 
 impl std::fmt::Debug for IssuerKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IssuerKeys")
-            .field("issuer", &self.settings.name)
-            .field("loaded", &self.is_loaded())
-            .finish()
+        f.debug_struct("IssuerKeys").field("issuer", &self.settings.name).field("loaded", &self.is_loaded()).finish()
     }
 }
 
 impl IssuerKeys {
-    pub fn new(
-        settings: Arc<IssuerSettings>,
-        client: HttpClient,
-        metrics: Arc<Metrics>,
-    ) -> IssuerKeys {
+    pub fn new(settings: Arc<IssuerSettings>, client: HttpClient, metrics: Arc<Metrics>) -> IssuerKeys {
         IssuerKeys {
             settings,
             current: ArcSwapOption::empty(),
@@ -365,35 +318,20 @@ impl IssuerKeys {
         };
         let doc = get_json(&self.client, &jwks_uri, FETCH_TIMEOUT, MAX_DOCUMENT_BYTES)
             .await
-            .map_err(|source| JwksError::Fetch {
-                url: jwks_uri.clone(),
-                source,
-            })?;
+            .map_err(|source| JwksError::Fetch { url: jwks_uri.clone(), source })?;
         KeySet::from_jwks(&doc, &self.settings.algorithms)
     }
 
     async fn discover(&self, url: &str) -> Result<String, JwksError> {
         let doc = get_json(&self.client, url, FETCH_TIMEOUT, MAX_DOCUMENT_BYTES)
             .await
-            .map_err(|source| JwksError::Discovery {
-                url: url.to_string(),
-                source,
-            })?;
+            .map_err(|source| JwksError::Discovery { url: url.to_string(), source })?;
         // OpenID Connect Discovery §4.3: the issuer in the document must be exactly the one configured.
-        let found = doc
-            .get("issuer")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
+        let found = doc.get("issuer").and_then(Value::as_str).unwrap_or_default();
         if found != self.settings.issuer {
-            return Err(JwksError::IssuerMismatch {
-                found: found.to_string(),
-                expected: self.settings.issuer.clone(),
-            });
+            return Err(JwksError::IssuerMismatch { found: found.to_string(), expected: self.settings.issuer.clone() });
         }
-        let jwks_uri = doc
-            .get("jwks_uri")
-            .and_then(Value::as_str)
-            .ok_or(JwksError::NoJwksUri)?;
+        let jwks_uri = doc.get("jwks_uri").and_then(Value::as_str).ok_or(JwksError::NoJwksUri)?;
         let secure = match jwks_uri.parse::<http::Uri>() {
             Ok(uri) => match (uri.scheme_str(), uri.host()) {
                 (Some("https"), Some(_)) => true,
@@ -409,11 +347,7 @@ impl IssuerKeys {
     }
 
     /// The key that should verify a token with this `kid` and `alg`.
-    pub async fn key_for(
-        &self,
-        kid: Option<&str>,
-        alg: Algorithm,
-    ) -> Result<Arc<VerifyingKey>, AuthError> {
+    pub async fn key_for(&self, kid: Option<&str>, alg: Algorithm) -> Result<Arc<VerifyingKey>, AuthError> {
         let issuer = &self.settings.name;
         if let Some(set) = self.usable_snapshot() {
             match set.find(kid, alg) {
@@ -432,24 +366,15 @@ impl IssuerKeys {
             Lookup::Found(key) => Ok(key.clone()),
             Lookup::Ambiguous => Err(AuthError::KidRequired(issuer.clone())),
             Lookup::Unknown => Err(match kid {
-                Some(kid) => AuthError::UnknownKid {
-                    kid: super::printable(kid),
-                    issuer: issuer.clone(),
-                },
-                None => AuthError::KeyMismatch {
-                    kid: String::new(),
-                    family: "no key".into(),
-                    alg,
-                },
+                Some(kid) => AuthError::UnknownKid { kid: super::printable(kid), issuer: issuer.clone() },
+                None => AuthError::KeyMismatch { kid: String::new(), family: "no key".into(), alg },
             }),
         }
     }
 
     /// The current keys unless they are older than `jwks_max_stale` (then hfgate fails closed).
     fn usable_snapshot(&self) -> Option<Arc<KeySet>> {
-        self.current
-            .load_full()
-            .filter(|set| set.fetched_at.elapsed() <= self.settings.jwks_max_stale)
+        self.current.load_full().filter(|set| set.fetched_at.elapsed() <= self.settings.jwks_max_stale)
     }
 
     async fn refetch_on_demand(&self) {
@@ -498,36 +423,17 @@ mod tests {
     #[test]
     fn rsa_der_encodes_lengths_and_sign_bits() {
         let der = rsa_public_key_der(&[0x00, 0x80, 0x01], &[0x01, 0x00, 0x01]);
-        assert_eq!(
-            der,
-            vec![
-                0x30, 0x0a, 0x02, 0x03, 0x00, 0x80, 0x01, 0x02, 0x03, 0x01, 0x00, 0x01
-            ]
-        );
+        assert_eq!(der, vec![0x30, 0x0a, 0x02, 0x03, 0x00, 0x80, 0x01, 0x02, 0x03, 0x01, 0x00, 0x01]);
     }
 
     #[test]
     fn keys_of_every_family_verify_their_own_signatures() {
-        for alg in [
-            Algorithm::RS256,
-            Algorithm::PS256,
-            Algorithm::ES256,
-            Algorithm::ES384,
-            Algorithm::EdDSA,
-        ] {
+        for alg in [Algorithm::RS256, Algorithm::PS256, Algorithm::ES256, Algorithm::ES384, Algorithm::EdDSA] {
             let signer = SigningKey::generate(alg).expect("key");
             let key = VerifyingKey::from_jwk(&signer.public_jwk(), &Algorithm::ALL).expect("jwk");
             let sig = signer.sign(b"message").expect("sign");
-            key.for_alg(alg)
-                .expect("fits")
-                .verify_sig(b"message", &sig)
-                .expect("verifies");
-            assert!(
-                key.for_alg(alg)
-                    .expect("fits")
-                    .verify_sig(b"other", &sig)
-                    .is_err()
-            );
+            key.for_alg(alg).expect("fits").verify_sig(b"message", &sig).expect("verifies");
+            assert!(key.for_alg(alg).expect("fits").verify_sig(b"other", &sig).is_err());
         }
     }
 
@@ -536,21 +442,13 @@ mod tests {
         let signer = SigningKey::generate(Algorithm::RS256).expect("key");
         let key = VerifyingKey::from_jwk(&signer.public_jwk(), &Algorithm::ALL).expect("jwk");
         assert!(key.for_alg(Algorithm::RS256).is_ok());
-        assert!(matches!(
-            key.for_alg(Algorithm::PS256),
-            Err(AuthError::KeyMismatch { .. })
-        ));
-        assert!(matches!(
-            key.for_alg(Algorithm::ES256),
-            Err(AuthError::KeyMismatch { .. })
-        ));
+        assert!(matches!(key.for_alg(Algorithm::PS256), Err(AuthError::KeyMismatch { .. })));
+        assert!(matches!(key.for_alg(Algorithm::ES256), Err(AuthError::KeyMismatch { .. })));
     }
 
     #[test]
     fn unusable_keys_are_skipped_with_a_reason() {
-        let good = SigningKey::generate(Algorithm::ES256)
-            .expect("key")
-            .public_jwk();
+        let good = SigningKey::generate(Algorithm::ES256).expect("key").public_jwk();
         let doc = json!({"keys": [
             good,
             {"kty": "oct", "k": "c2VjcmV0", "kid": "hmac"},
@@ -566,22 +464,12 @@ mod tests {
 
     #[test]
     fn tokens_without_kid_need_exactly_one_fitting_key() {
-        let a = SigningKey::generate(Algorithm::ES256)
-            .expect("key")
-            .public_jwk();
-        let b = SigningKey::generate(Algorithm::ES256)
-            .expect("key")
-            .public_jwk();
+        let a = SigningKey::generate(Algorithm::ES256).expect("key").public_jwk();
+        let b = SigningKey::generate(Algorithm::ES256).expect("key").public_jwk();
         let one = KeySet::from_jwks(&json!({"keys": [a.clone()]}), &Algorithm::ALL).expect("set");
         assert!(matches!(one.find(None, Algorithm::ES256), Lookup::Found(_)));
         let two = KeySet::from_jwks(&json!({"keys": [a, b]}), &Algorithm::ALL).expect("set");
-        assert!(matches!(
-            two.find(None, Algorithm::ES256),
-            Lookup::Ambiguous
-        ));
-        assert!(matches!(
-            two.find(Some("nope"), Algorithm::ES256),
-            Lookup::Unknown
-        ));
+        assert!(matches!(two.find(None, Algorithm::ES256), Lookup::Ambiguous));
+        assert!(matches!(two.find(Some("nope"), Algorithm::ES256), Lookup::Unknown));
     }
 }

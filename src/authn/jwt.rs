@@ -50,14 +50,11 @@ pub fn parse(token: &str) -> Result<ParsedJwt<'_>, AuthError> {
     let (Some(header_b64), Some(payload_b64), Some(signature_b64), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return Err(AuthError::Malformed(
-            "not a JWT (expected three base64url segments separated by '.')",
-        ));
+        return Err(AuthError::Malformed("not a JWT (expected three base64url segments separated by '.')"));
     };
-    let header_json =
-        b64url_decode(header_b64).ok_or(AuthError::Malformed("header is not base64url"))?;
-    let raw: RawHeader = serde_json::from_slice(&header_json)
-        .map_err(|_| AuthError::Malformed("header is not a JSON object"))?;
+    let header_json = b64url_decode(header_b64).ok_or(AuthError::Malformed("header is not base64url"))?;
+    let raw: RawHeader =
+        serde_json::from_slice(&header_json).map_err(|_| AuthError::Malformed("header is not a JSON object"))?;
     let alg_name = raw.alg.ok_or(AuthError::Malformed("header has no alg"))?;
     let alg = match Algorithm::from_name(&alg_name) {
         Some(alg) => alg,
@@ -74,25 +71,14 @@ pub fn parse(token: &str) -> Result<ParsedJwt<'_>, AuthError> {
     if signature_b64.is_empty() {
         return Err(AuthError::Malformed("empty signature"));
     }
-    let payload =
-        b64url_decode(payload_b64).ok_or(AuthError::Malformed("payload is not base64url"))?;
+    let payload = b64url_decode(payload_b64).ok_or(AuthError::Malformed("payload is not base64url"))?;
     let claims = match serde_json::from_slice::<Value>(&payload) {
         Ok(Value::Object(map)) => map,
         _ => return Err(AuthError::Malformed("payload is not a JSON object")),
     };
-    let signature =
-        b64url_decode(signature_b64).ok_or(AuthError::Malformed("signature is not base64url"))?;
+    let signature = b64url_decode(signature_b64).ok_or(AuthError::Malformed("signature is not base64url"))?;
     let signing_input = &token[..header_b64.len() + 1 + payload_b64.len()];
-    Ok(ParsedJwt {
-        header: JwtHeader {
-            alg,
-            kid: raw.kid,
-            typ: raw.typ,
-        },
-        claims,
-        signing_input,
-        signature,
-    })
+    Ok(ParsedJwt { header: JwtHeader { alg, kid: raw.kid, typ: raw.typ }, claims, signing_input, signature })
 }
 
 impl ParsedJwt<'_> {
@@ -100,10 +86,7 @@ impl ParsedJwt<'_> {
     pub fn issuer(&self) -> Result<&str, AuthError> {
         match self.claims.get("iss") {
             Some(Value::String(iss)) => Ok(iss),
-            Some(_) => Err(AuthError::BadClaimType {
-                claim: "iss",
-                expected: "string",
-            }),
+            Some(_) => Err(AuthError::BadClaimType { claim: "iss", expected: "string" }),
             None => Err(AuthError::MissingIssuer),
         }
     }
@@ -111,9 +94,7 @@ impl ParsedJwt<'_> {
     /// Verifies the signature with `key`, whose family and `alg` must fit the header's `alg`.
     pub fn verify(&self, key: &VerifyingKey) -> Result<(), AuthError> {
         let parsed = key.for_alg(self.header.alg)?;
-        parsed
-            .verify_sig(self.signing_input.as_bytes(), &self.signature)
-            .map_err(|_| AuthError::BadSignature)
+        parsed.verify_sig(self.signing_input.as_bytes(), &self.signature).map_err(|_| AuthError::BadSignature)
     }
 }
 
@@ -125,27 +106,17 @@ pub struct Validity {
 
 /// Checks the registered claims of a signature-verified token against its issuer's settings, in the
 /// order an operator debugs them: time, lifetime, audience, type, subject.
-pub fn check_claims(
-    jwt: &ParsedJwt<'_>,
-    issuer: &IssuerSettings,
-    now: u64,
-) -> Result<Validity, AuthError> {
+pub fn check_claims(jwt: &ParsedJwt<'_>, issuer: &IssuerSettings, now: u64) -> Result<Validity, AuthError> {
     let leeway = issuer.leeway.as_secs();
     let claims = &jwt.claims;
     let exp = numeric_date(claims, "exp")?.ok_or(AuthError::MissingExp)?;
     if now > exp.saturating_add(leeway) {
-        return Err(AuthError::Expired {
-            ago: now - exp,
-            leeway,
-        });
+        return Err(AuthError::Expired { ago: now - exp, leeway });
     }
     if let Some(nbf) = numeric_date(claims, "nbf")?
         && nbf > now.saturating_add(leeway)
     {
-        return Err(AuthError::NotYetValid {
-            wait: nbf - now,
-            leeway,
-        });
+        return Err(AuthError::NotYetValid { wait: nbf - now, leeway });
     }
     let iat = numeric_date(claims, "iat")?;
     if let Some(iat) = iat
@@ -175,10 +146,7 @@ pub fn check_claims(
         Some(Value::String(sub)) if !sub.is_empty() => {}
         Some(Value::String(_)) | None => return Err(AuthError::MissingSubject),
         Some(_) => {
-            return Err(AuthError::BadClaimType {
-                claim: "sub",
-                expected: "string",
-            });
+            return Err(AuthError::BadClaimType { claim: "sub", expected: "string" });
         }
     }
     Ok(Validity { expires_at: exp })
@@ -205,11 +173,7 @@ fn check_audience(claims: &Map<String, Value>, issuer: &IssuerSettings) -> Resul
         }
     }
     let expected = issuer.audiences.join(", ");
-    Err(if seen {
-        AuthError::AudMismatch(expected)
-    } else {
-        AuthError::MissingAudience(expected)
-    })
+    Err(if seen { AuthError::AudMismatch(expected) } else { AuthError::MissingAudience(expected) })
 }
 
 /// A NumericDate claim (RFC 7519 §2): seconds, possibly fractional; negative or non-numeric is refused.
@@ -219,14 +183,8 @@ fn numeric_date(claims: &Map<String, Value>, name: &'static str) -> Result<Optio
         Some(Value::Number(n)) => match (n.as_u64(), n.as_f64()) {
             (Some(v), _) => Ok(Some(v)),
             (None, Some(f)) if f >= 0.0 && f < u64::MAX as f64 => Ok(Some(f as u64)),
-            _ => Err(AuthError::BadClaimType {
-                claim: name,
-                expected: "non-negative NumericDate",
-            }),
+            _ => Err(AuthError::BadClaimType { claim: name, expected: "non-negative NumericDate" }),
         },
-        Some(_) => Err(AuthError::BadClaimType {
-            claim: name,
-            expected: "NumericDate",
-        }),
+        Some(_) => Err(AuthError::BadClaimType { claim: name, expected: "NumericDate" }),
     }
 }

@@ -92,18 +92,12 @@ pub struct ClaimPath(pub String);
 impl ClaimPath {
     /// Finds the claim. The whole path as one key wins; otherwise each `.` may separate a key from the
     /// rest, tried left to right, so `https://example.com/groups` and `realm_access.roles` both work.
-    pub fn lookup<'a>(
-        &self,
-        claims: &'a serde_json::Map<String, serde_json::Value>,
-    ) -> Option<&'a serde_json::Value> {
+    pub fn lookup<'a>(&self, claims: &'a serde_json::Map<String, serde_json::Value>) -> Option<&'a serde_json::Value> {
         lookup_in(claims, &self.0)
     }
 }
 
-fn lookup_in<'a>(
-    object: &'a serde_json::Map<String, serde_json::Value>,
-    path: &str,
-) -> Option<&'a serde_json::Value> {
+fn lookup_in<'a>(object: &'a serde_json::Map<String, serde_json::Value>, path: &str) -> Option<&'a serde_json::Value> {
     if let Some(value) = object.get(path) {
         return Some(value);
     }
@@ -146,11 +140,7 @@ impl ApiKind {
     ];
 
     pub fn name(self) -> &'static str {
-        ApiKind::NAMES
-            .iter()
-            .find(|(_, k)| *k == self)
-            .map(|(n, _)| *n)
-            .unwrap_or("generic")
+        ApiKind::NAMES.iter().find(|(_, k)| *k == self).map(|(n, _)| *n).unwrap_or("generic")
     }
 }
 
@@ -216,11 +206,7 @@ pub(super) fn validate(src: &mut Source<'_>, raw: RawConfig, base_dir: &Path) ->
         Some(path) => match src.text(path, "audit.path") {
             Some(p) if p == "-" => Some(AuditTarget::Stdout),
             Some(p) if p.trim().is_empty() => {
-                src.issue(
-                    path.span().start,
-                    "audit.path",
-                    "must be a file path or \"-\" for stdout",
-                );
+                src.issue(path.span().start, "audit.path", "must be a file path or \"-\" for stdout");
                 None
             }
             Some(p) => Some(AuditTarget::File(resolve(base_dir, &p))),
@@ -241,26 +227,15 @@ pub(super) fn validate(src: &mut Source<'_>, raw: RawConfig, base_dir: &Path) ->
             src.issue(raw_issuer.name.span().start, format!("{key}.name"), message);
         }
         if !issuer_urls.insert(raw_issuer.issuer.get_ref().clone()) {
-            let message = format!(
-                "issuer {:?} is configured twice",
-                raw_issuer.issuer.get_ref()
-            );
-            src.issue(
-                raw_issuer.issuer.span().start,
-                format!("{key}.issuer"),
-                message,
-            );
+            let message = format!("issuer {:?} is configured twice", raw_issuer.issuer.get_ref());
+            src.issue(raw_issuer.issuer.span().start, format!("{key}.issuer"), message);
         }
         if let Some(settings) = validate_issuer(src, issuer, &key) {
             issuers.push(settings);
         }
     }
     if raw.issuer.is_empty() && !raw.route.is_empty() {
-        src.issue(
-            0,
-            "issuer",
-            "no [[issuer]] configured: every route requires a verified identity",
-        );
+        src.issue(0, "issuer", "no [[issuer]] configured: every route requires a verified identity");
     }
 
     let mut route_names = HashSet::new();
@@ -274,10 +249,7 @@ pub(super) fn validate(src: &mut Source<'_>, raw: RawConfig, base_dir: &Path) ->
             src.issue(raw_route.name.span().start, format!("{key}.name"), message);
         }
         if !prefixes.insert(raw_route.path.get_ref().trim_end_matches('/').to_string()) {
-            let message = format!(
-                "another route already has path {:?}",
-                raw_route.path.get_ref()
-            );
+            let message = format!("another route already has path {:?}", raw_route.path.get_ref());
             src.issue(raw_route.path.span().start, format!("{key}.path"), message);
         }
         if let Some(settings) = validate_route(src, route, &key, base_dir) {
@@ -285,29 +257,14 @@ pub(super) fn validate(src: &mut Source<'_>, raw: RawConfig, base_dir: &Path) ->
         }
     }
 
-    Some(Settings {
-        source: src.file.clone().into(),
-        server: server?,
-        audit: audit?,
-        issuers,
-        routes,
-    })
+    Some(Settings { source: src.file.clone().into(), server: server?, audit: audit?, issuers, routes })
 }
 
 fn validate_server(src: &mut Source<'_>, raw: &RawConfig) -> Option<ServerSettings> {
     let default = super::RawServer::default();
-    let server = raw
-        .server
-        .as_ref()
-        .map(Spanned::get_ref)
-        .unwrap_or(&default);
+    let server = raw.server.as_ref().map(Spanned::get_ref).unwrap_or(&default);
     let listen = socket_addr(src, server.listen.as_ref(), "server.listen", DEFAULT_LISTEN);
-    let admin_listen = socket_addr(
-        src,
-        server.admin_listen.as_ref(),
-        "server.admin_listen",
-        DEFAULT_ADMIN_LISTEN,
-    );
+    let admin_listen = socket_addr(src, server.admin_listen.as_ref(), "server.admin_listen", DEFAULT_ADMIN_LISTEN);
     if let (Some(a), Some(b), Some(field)) = (listen, admin_listen, server.admin_listen.as_ref())
         && a == b
         && a.port() != 0
@@ -319,40 +276,24 @@ fn validate_server(src: &mut Source<'_>, raw: &RawConfig) -> Option<ServerSettin
         );
     }
     let public_url = match &server.public_url {
-        Some(value) => {
-            src.text(value, "server.public_url")
-                .and_then(|url| match url.parse::<Uri>() {
-                    Ok(uri) if uri.scheme().is_some() && uri.authority().is_some() => {
-                        Some(url.trim_end_matches('/').to_string())
-                    }
-                    _ => {
-                        src.issue(
-                            value.span().start,
-                            "server.public_url",
-                            format!("{url:?} is not an absolute http(s) URL"),
-                        );
-                        None
-                    }
-                })
-        }
+        Some(value) => src.text(value, "server.public_url").and_then(|url| match url.parse::<Uri>() {
+            Ok(uri) if uri.scheme().is_some() && uri.authority().is_some() => {
+                Some(url.trim_end_matches('/').to_string())
+            }
+            _ => {
+                src.issue(value.span().start, "server.public_url", format!("{url:?} is not an absolute http(s) URL"));
+                None
+            }
+        }),
         None => listen.map(|addr| format!("http://{addr}")),
     };
     let duration = |src: &mut Source<'_>, v: &Option<Text>, key: &str, default: u64| {
         duration_or(src, v.as_ref(), key, Duration::from_secs(default))
     };
-    let upstream_connect_timeout = duration(
-        src,
-        &server.upstream_connect_timeout,
-        "server.upstream_connect_timeout",
-        5,
-    );
+    let upstream_connect_timeout =
+        duration(src, &server.upstream_connect_timeout, "server.upstream_connect_timeout", 5);
     let shutdown_grace = duration(src, &server.shutdown_grace, "server.shutdown_grace", 30);
-    let assertion_lifetime = duration(
-        src,
-        &server.assertion_lifetime,
-        "server.assertion_lifetime",
-        300,
-    );
+    let assertion_lifetime = duration(src, &server.assertion_lifetime, "server.assertion_lifetime", 300);
     if let (Some(lifetime), Some(field)) = (assertion_lifetime, &server.assertion_lifetime)
         && (lifetime < Duration::from_secs(10) || lifetime > Duration::from_secs(3600))
     {
@@ -363,19 +304,13 @@ fn validate_server(src: &mut Source<'_>, raw: &RawConfig) -> Option<ServerSettin
         );
     }
     let assertion_key = match &server.assertion_key {
-        Some(value) => src
-            .text(value, "server.assertion_key")
-            .map(|p| Some(PathBuf::from(p))),
+        Some(value) => src.text(value, "server.assertion_key").map(|p| Some(PathBuf::from(p))),
         None => Some(None),
     };
     let workers = match &server.workers {
         Some(w) if (1..=1024).contains(w.get_ref()) => Some(Some(*w.get_ref() as usize)),
         Some(w) => {
-            src.issue(
-                w.span().start,
-                "server.workers",
-                "must be between 1 and 1024",
-            );
+            src.issue(w.span().start, "server.workers", "must be between 1 and 1024");
             None
         }
         None => Some(None),
@@ -388,40 +323,25 @@ fn validate_server(src: &mut Source<'_>, raw: &RawConfig) -> Option<ServerSettin
         shutdown_grace: shutdown_grace?,
         assertion_lifetime: assertion_lifetime?,
         assertion_key: assertion_key?,
-        trust_forwarded_headers: server
-            .trust_forwarded_headers
-            .as_ref()
-            .map(|b| *b.get_ref())
-            .unwrap_or(false),
+        trust_forwarded_headers: server.trust_forwarded_headers.as_ref().map(|b| *b.get_ref()).unwrap_or(false),
         workers: workers?,
     })
 }
 
-fn validate_issuer(
-    src: &mut Source<'_>,
-    issuer: &Spanned<RawIssuer>,
-    key: &str,
-) -> Option<IssuerSettings> {
+fn validate_issuer(src: &mut Source<'_>, issuer: &Spanned<RawIssuer>, key: &str) -> Option<IssuerSettings> {
     let table_at = issuer.span().start;
     let raw = issuer.get_ref();
     let name = identifier(src, &raw.name, &format!("{key}.name"));
     let insecure = raw.insecure.as_ref().map(|b| *b.get_ref()).unwrap_or(false);
     let issuer_url = src
         .text(&raw.issuer, &format!("{key}.issuer"))
-        .and_then(|url| {
-            check_fetch_url(src, &raw.issuer, &format!("{key}.issuer"), &url, insecure)
-                .then_some(url)
-        });
+        .and_then(|url| check_fetch_url(src, &raw.issuer, &format!("{key}.issuer"), &url, insecure).then_some(url));
 
     let audiences = match &raw.audiences {
         Some(list) if !list.is_empty() => texts(src, list, &format!("{key}.audiences")),
         Some(_) => {
             let at = src.key_offset(table_at, "audiences");
-            src.issue(
-                at,
-                format!("{key}.audiences"),
-                "must not be empty: a token must be meant for hfgate",
-            );
+            src.issue(at, format!("{key}.audiences"), "must not be empty: a token must be meant for hfgate");
             None
         }
         None => {
@@ -448,24 +368,16 @@ fn validate_issuer(
 
     let jwks = match &raw.jwks_uri {
         Some(value) => src.text(value, &format!("{key}.jwks_uri")).and_then(|url| {
-            check_fetch_url(src, value, &format!("{key}.jwks_uri"), &url, insecure)
-                .then_some(JwksSource::Uri(url))
+            check_fetch_url(src, value, &format!("{key}.jwks_uri"), &url, insecure).then_some(JwksSource::Uri(url))
         }),
         None => issuer_url.as_ref().map(|url| {
-            JwksSource::Discovery(format!(
-                "{}/.well-known/openid-configuration",
-                url.trim_end_matches('/')
-            ))
+            JwksSource::Discovery(format!("{}/.well-known/openid-configuration", url.trim_end_matches('/')))
         }),
     };
 
     let algorithms = match &raw.algorithms {
         Some(list) if list.is_empty() => {
-            src.issue(
-                src.key_offset(table_at, "algorithms"),
-                format!("{key}.algorithms"),
-                "must not be empty",
-            );
+            src.issue(src.key_offset(table_at, "algorithms"), format!("{key}.algorithms"), "must not be empty");
             None
         }
         Some(list) => {
@@ -477,12 +389,8 @@ fn validate_issuer(
                     Some(alg) => algs.push(alg),
                     None => {
                         ok = false;
-                        let why = if name.eq_ignore_ascii_case("none")
-                            || name.to_ascii_uppercase().starts_with("HS")
-                        {
-                            format!(
-                                "{name} is never accepted: hfgate only verifies asymmetric signatures"
-                            )
+                        let why = if name.eq_ignore_ascii_case("none") || name.to_ascii_uppercase().starts_with("HS") {
+                            format!("{name} is never accepted: hfgate only verifies asymmetric signatures")
                         } else {
                             format!(
                                 "unknown algorithm {name:?}; supported: RS256 RS384 RS512 PS256 PS384 PS512 ES256 ES384 EdDSA"
@@ -497,32 +405,22 @@ fn validate_issuer(
         None => Some(Algorithm::ALL.to_vec()),
     };
 
-    let claim =
-        |src: &mut Source<'_>, v: &Option<Text>, field: &str, default: &str| -> Option<ClaimPath> {
-            match v {
-                Some(value) => src.text(value, &format!("{key}.{field}")).and_then(|p| {
-                    if p.is_empty() {
-                        src.issue(
-                            value.span().start,
-                            format!("{key}.{field}"),
-                            "must not be empty",
-                        );
-                        None
-                    } else {
-                        Some(ClaimPath(p))
-                    }
-                }),
-                None => Some(ClaimPath(default.to_string())),
-            }
-        };
+    let claim = |src: &mut Source<'_>, v: &Option<Text>, field: &str, default: &str| -> Option<ClaimPath> {
+        match v {
+            Some(value) => src.text(value, &format!("{key}.{field}")).and_then(|p| {
+                if p.is_empty() {
+                    src.issue(value.span().start, format!("{key}.{field}"), "must not be empty");
+                    None
+                } else {
+                    Some(ClaimPath(p))
+                }
+            }),
+            None => Some(ClaimPath(default.to_string())),
+        }
+    };
     let groups_claim = claim(src, &raw.groups_claim, "groups_claim", "groups");
     let email_claim = claim(src, &raw.email_claim, "email_claim", "email");
-    let leeway = duration_or(
-        src,
-        raw.leeway.as_ref(),
-        &format!("{key}.leeway"),
-        Duration::from_secs(60),
-    );
+    let leeway = duration_or(src, raw.leeway.as_ref(), &format!("{key}.leeway"), Duration::from_secs(60));
     if let (Some(l), Some(field)) = (leeway, &raw.leeway)
         && l > Duration::from_secs(600)
     {
@@ -533,28 +431,26 @@ fn validate_issuer(
         );
     }
     let max_token_lifetime = match &raw.max_token_lifetime {
-        Some(value) => src
-            .text(value, &format!("{key}.max_token_lifetime"))
-            .and_then(|t| {
-                if t == "none" {
-                    return Some(None);
+        Some(value) => src.text(value, &format!("{key}.max_token_lifetime")).and_then(|t| {
+            if t == "none" {
+                return Some(None);
+            }
+            match parse_duration(&t) {
+                Ok(d) if d.is_zero() => {
+                    src.issue(
+                        value.span().start,
+                        format!("{key}.max_token_lifetime"),
+                        "must be positive (or \"none\" to disable)",
+                    );
+                    None
                 }
-                match parse_duration(&t) {
-                    Ok(d) if d.is_zero() => {
-                        src.issue(
-                            value.span().start,
-                            format!("{key}.max_token_lifetime"),
-                            "must be positive (or \"none\" to disable)",
-                        );
-                        None
-                    }
-                    Ok(d) => Some(Some(d)),
-                    Err(e) => {
-                        src.issue(value.span().start, format!("{key}.max_token_lifetime"), e);
-                        None
-                    }
+                Ok(d) => Some(Some(d)),
+                Err(e) => {
+                    src.issue(value.span().start, format!("{key}.max_token_lifetime"), e);
+                    None
                 }
-            }),
+            }
+        }),
         None => Some(Some(Duration::from_secs(24 * 3600))),
     };
     let require_typ = match &raw.require_typ {
@@ -589,20 +485,12 @@ fn validate_issuer(
         &format!("{key}.jwks_refetch_min_interval"),
         Duration::from_secs(30),
     );
-    let jwks_max_stale = duration_or(
-        src,
-        raw.jwks_max_stale.as_ref(),
-        &format!("{key}.jwks_max_stale"),
-        Duration::from_secs(24 * 3600),
-    );
+    let jwks_max_stale =
+        duration_or(src, raw.jwks_max_stale.as_ref(), &format!("{key}.jwks_max_stale"), Duration::from_secs(24 * 3600));
     if let (Some(d), Some(field)) = (jwks_refresh_interval, &raw.jwks_refresh_interval)
         && d < Duration::from_secs(1)
     {
-        src.issue(
-            field.span().start,
-            format!("{key}.jwks_refresh_interval"),
-            "must be at least 1s",
-        );
+        src.issue(field.span().start, format!("{key}.jwks_refresh_interval"), "must be at least 1s");
     }
 
     Some(IssuerSettings {
@@ -633,62 +521,58 @@ fn validate_route(
 ) -> Option<RouteSettings> {
     let raw = route.get_ref();
     let name = identifier(src, &raw.name, &format!("{key}.name"));
-    let prefix = src
-        .text(&raw.path, &format!("{key}.path"))
-        .and_then(|path| {
-            let problem = if !path.starts_with('/') {
-                Some("must start with '/'")
-            } else if path.starts_with("/.hfgate") {
-                Some("/.hfgate/ is reserved for hfgate's own endpoints")
-            } else if crate::route::normalize_path(&path).is_err()
-                || path.contains('?')
-                || path.contains('#')
-            {
-                Some("must be a plain path prefix (no '..', '//', '%2F', '?' or '#')")
-            } else {
-                None
-            };
-            match problem {
-                Some(why) => {
-                    src.issue(
-                        raw.path.span().start,
-                        format!("{key}.path"),
-                        format!("{path:?} {why}"),
-                    );
-                    None
-                }
-                None => Some(path.trim_end_matches('/').to_string()),
-            }
-        });
-    let upstream = src
-        .text(&raw.upstream, &format!("{key}.upstream"))
-        .and_then(|url| match url.parse::<Uri>() {
-            Ok(uri)
-                if matches!(uri.scheme_str(), Some("http" | "https"))
-                    && uri.authority().is_some()
-                    && uri.query().is_none() =>
-            {
-                let authority = uri.authority().cloned()?;
-                Some(UpstreamUrl {
-                    scheme: uri.scheme().cloned()?,
-                    authority,
-                    base_path: uri.path().trim_end_matches('/').to_string(),
-                })
-            }
-            _ => {
-                src.issue(
-                    raw.upstream.span().start,
-                    format!("{key}.upstream"),
-                    format!("{url:?} is not an http:// or https:// URL without a query"),
-                );
+    let prefix = src.text(&raw.path, &format!("{key}.path")).and_then(|path| {
+        let problem = if !path.starts_with('/') {
+            Some("must start with '/'")
+        } else if path.starts_with("/.hfgate") {
+            Some("/.hfgate/ is reserved for hfgate's own endpoints")
+        } else if crate::route::normalize_path(&path).is_err() || path.contains('?') || path.contains('#') {
+            Some("must be a plain path prefix (no '..', '//', '%2F', '?' or '#')")
+        } else {
+            None
+        };
+        match problem {
+            Some(why) => {
+                src.issue(raw.path.span().start, format!("{key}.path"), format!("{path:?} {why}"));
                 None
             }
-        });
+            None => Some(path.trim_end_matches('/').to_string()),
+        }
+    });
+    let upstream = src.text(&raw.upstream, &format!("{key}.upstream")).and_then(|url| match url.parse::<Uri>() {
+        Ok(uri)
+            if matches!(uri.scheme_str(), Some("http" | "https"))
+                && uri.authority().is_some()
+                && uri.query().is_none() =>
+        {
+            let authority = uri.authority().cloned()?;
+            Some(UpstreamUrl {
+                scheme: uri.scheme().cloned()?,
+                authority,
+                base_path: uri.path().trim_end_matches('/').to_string(),
+            })
+        }
+        _ => {
+            src.issue(
+                raw.upstream.span().start,
+                format!("{key}.upstream"),
+                format!("{url:?} is not an http:// or https:// URL without a query"),
+            );
+            None
+        }
+    });
     let api = match &raw.api {
         Some(value) => match ApiKind::NAMES.iter().find(|(n, _)| n == value.get_ref()) {
             Some((_, kind)) => Some(*kind),
             None => {
-                src.issue(value.span().start, format!("{key}.api"), format!("unknown api {:?}: use openai, tgi, tei, hf-inference, router, hub or generic", value.get_ref()));
+                src.issue(
+                    value.span().start,
+                    format!("{key}.api"),
+                    format!(
+                        "unknown api {:?}: use openai, tgi, tei, hf-inference, router, hub or generic",
+                        value.get_ref()
+                    ),
+                );
                 None
             }
         },
@@ -704,22 +588,11 @@ fn validate_route(
             .and_then(|spec| credential(src, value, &format!("{key}.credential"), &spec, base_dir)),
         None => Some(Credential::None),
     };
-    let timeout = duration_or(
-        src,
-        raw.timeout.as_ref(),
-        &format!("{key}.timeout"),
-        Duration::from_secs(300),
-    );
-    let idle_timeout = duration_or(
-        src,
-        raw.idle_timeout.as_ref(),
-        &format!("{key}.idle_timeout"),
-        Duration::from_secs(120),
-    );
-    for (value, field, name) in [
-        (timeout, &raw.timeout, "timeout"),
-        (idle_timeout, &raw.idle_timeout, "idle_timeout"),
-    ] {
+    let timeout = duration_or(src, raw.timeout.as_ref(), &format!("{key}.timeout"), Duration::from_secs(300));
+    let idle_timeout =
+        duration_or(src, raw.idle_timeout.as_ref(), &format!("{key}.idle_timeout"), Duration::from_secs(120));
+    for (value, field, name) in [(timeout, &raw.timeout, "timeout"), (idle_timeout, &raw.idle_timeout, "idle_timeout")]
+    {
         if let (Some(d), Some(f)) = (value, field)
             && d.is_zero()
         {
@@ -733,23 +606,13 @@ fn validate_route(
         api: api?,
         model: model?,
         credential: credential?,
-        strip_prefix: raw
-            .strip_prefix
-            .as_ref()
-            .map(|b| *b.get_ref())
-            .unwrap_or(false),
+        strip_prefix: raw.strip_prefix.as_ref().map(|b| *b.get_ref()).unwrap_or(false),
         timeout: timeout?,
         idle_timeout: idle_timeout?,
     })
 }
 
-fn credential(
-    src: &mut Source<'_>,
-    value: &Text,
-    key: &str,
-    spec: &str,
-    base_dir: &Path,
-) -> Option<Credential> {
+fn credential(src: &mut Source<'_>, value: &Text, key: &str, spec: &str, base_dir: &Path) -> Option<Credential> {
     let at = value.span().start;
     let secret = if spec == "none" {
         return Some(Credential::None);
@@ -773,7 +636,11 @@ fn credential(
             }
         }
     } else {
-        src.issue(at, key, "must be env:NAME, file:PATH, none or passthrough (a literal secret does not belong in the config file)");
+        src.issue(
+            at,
+            key,
+            "must be env:NAME, file:PATH, none or passthrough (a literal secret does not belong in the config file)",
+        );
         return None;
     };
     if secret.is_empty() {
@@ -783,17 +650,10 @@ fn credential(
     match HeaderValue::from_str(&format!("Bearer {secret}")) {
         Ok(mut header) => {
             header.set_sensitive(true);
-            Some(Credential::Static {
-                header,
-                origin: spec.to_string(),
-            })
+            Some(Credential::Static { header, origin: spec.to_string() })
         }
         Err(_) => {
-            src.issue(
-                at,
-                key,
-                format!("{spec} holds characters that cannot go in an HTTP header"),
-            );
+            src.issue(at, key, format!("{spec} holds characters that cannot go in an HTTP header"));
             None
         }
     }
@@ -803,9 +663,7 @@ fn identifier(src: &mut Source<'_>, value: &Text, key: &str) -> Option<String> {
     let name = src.text(value, key)?;
     if name.is_empty()
         || name.len() > 64
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
     {
         src.issue(
             value.span().start,
@@ -833,12 +691,7 @@ fn texts(src: &mut Source<'_>, list: &[Text], key: &str) -> Option<Vec<String>> 
     ok.then_some(out)
 }
 
-fn socket_addr(
-    src: &mut Source<'_>,
-    value: Option<&Text>,
-    key: &str,
-    default: &str,
-) -> Option<SocketAddr> {
+fn socket_addr(src: &mut Source<'_>, value: Option<&Text>, key: &str, default: &str) -> Option<SocketAddr> {
     let Some(value) = value else {
         return default.parse().ok();
     };
@@ -846,22 +699,13 @@ fn socket_addr(
     match text.parse::<SocketAddr>() {
         Ok(addr) => Some(addr),
         Err(_) => {
-            src.issue(
-                value.span().start,
-                key,
-                format!("{text:?} is not an IP:port address, e.g. \"127.0.0.1:8080\""),
-            );
+            src.issue(value.span().start, key, format!("{text:?} is not an IP:port address, e.g. \"127.0.0.1:8080\""));
             None
         }
     }
 }
 
-fn duration_or(
-    src: &mut Source<'_>,
-    value: Option<&Text>,
-    key: &str,
-    default: Duration,
-) -> Option<Duration> {
+fn duration_or(src: &mut Source<'_>, value: Option<&Text>, key: &str, default: Duration) -> Option<Duration> {
     let Some(value) = value else {
         return Some(default);
     };
@@ -876,38 +720,30 @@ fn duration_or(
 }
 
 /// https is required for anything hfgate fetches keys from, except on loopback or with `insecure = true`.
-fn check_fetch_url(
-    src: &mut Source<'_>,
-    value: &Text,
-    key: &str,
-    url: &str,
-    insecure: bool,
-) -> bool {
+fn check_fetch_url(src: &mut Source<'_>, value: &Text, key: &str, url: &str, insecure: bool) -> bool {
     let Ok(uri) = url.parse::<Uri>() else {
         src.issue(value.span().start, key, format!("{url:?} is not a URL"));
         return false;
     };
     let (Some(scheme), Some(host)) = (uri.scheme_str(), uri.host()) else {
-        src.issue(
-            value.span().start,
-            key,
-            format!("{url:?} is not an absolute URL"),
-        );
+        src.issue(value.span().start, key, format!("{url:?} is not an absolute URL"));
         return false;
     };
     match scheme {
         "https" => true,
         "http" if insecure || is_loopback_host(host) => true,
         "http" => {
-            src.issue(value.span().start, key, format!("{url:?} uses plain http: https is required except on loopback (set insecure = true to override)"));
-            false
-        }
-        _ => {
             src.issue(
                 value.span().start,
                 key,
-                format!("{url:?} must be an https:// URL"),
+                format!(
+                    "{url:?} uses plain http: https is required except on loopback (set insecure = true to override)"
+                ),
             );
+            false
+        }
+        _ => {
+            src.issue(value.span().start, key, format!("{url:?} must be an https:// URL"));
             false
         }
     }
@@ -916,20 +752,12 @@ fn check_fetch_url(
 /// `localhost`, `127.0.0.0/8` or `[::1]`.
 pub fn is_loopback_host(host: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<IpAddr>()
-            .map(|ip| ip.is_loopback())
-            .unwrap_or(false)
+    host.eq_ignore_ascii_case("localhost") || host.parse::<IpAddr>().map(|ip| ip.is_loopback()).unwrap_or(false)
 }
 
 fn resolve(base_dir: &Path, path: &str) -> PathBuf {
     let path = Path::new(path);
-    if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        base_dir.join(path)
-    }
+    if path.is_absolute() { path.to_path_buf() } else { base_dir.join(path) }
 }
 
 #[cfg(test)]
@@ -949,22 +777,10 @@ mod tests {
             "realm_access": {"roles": ["c"]},
             "https://example.com/claims": {"team.name": "d"}
         }));
-        assert_eq!(
-            ClaimPath("cognito:groups".into()).lookup(&c),
-            Some(&json!(["a"]))
-        );
-        assert_eq!(
-            ClaimPath("https://example.com/groups".into()).lookup(&c),
-            Some(&json!(["b"]))
-        );
-        assert_eq!(
-            ClaimPath("realm_access.roles".into()).lookup(&c),
-            Some(&json!(["c"]))
-        );
-        assert_eq!(
-            ClaimPath("https://example.com/claims.team.name".into()).lookup(&c),
-            Some(&json!("d"))
-        );
+        assert_eq!(ClaimPath("cognito:groups".into()).lookup(&c), Some(&json!(["a"])));
+        assert_eq!(ClaimPath("https://example.com/groups".into()).lookup(&c), Some(&json!(["b"])));
+        assert_eq!(ClaimPath("realm_access.roles".into()).lookup(&c), Some(&json!(["c"])));
+        assert_eq!(ClaimPath("https://example.com/claims.team.name".into()).lookup(&c), Some(&json!("d")));
         assert_eq!(ClaimPath("realm_access.missing".into()).lookup(&c), None);
     }
 

@@ -29,24 +29,9 @@ pub struct DemoUser {
 }
 
 pub const DEMO_USERS: [DemoUser; 3] = [
-    DemoUser {
-        name: "alice",
-        email: Some("alice@demo.hfgate.dev"),
-        groups: &["ml-research"],
-        workload: false,
-    },
-    DemoUser {
-        name: "bob",
-        email: Some("bob@demo.hfgate.dev"),
-        groups: &["support"],
-        workload: false,
-    },
-    DemoUser {
-        name: "ci-bot",
-        email: None,
-        groups: &["ci"],
-        workload: true,
-    },
+    DemoUser { name: "alice", email: Some("alice@demo.hfgate.dev"), groups: &["ml-research"], workload: false },
+    DemoUser { name: "bob", email: Some("bob@demo.hfgate.dev"), groups: &["support"], workload: false },
+    DemoUser { name: "ci-bot", email: None, groups: &["ci"], workload: true },
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -54,10 +39,7 @@ pub enum DevIssuerError {
     #[error("the development issuer only listens on loopback, not {0}")]
     NotLoopback(SocketAddr),
     #[error("development issuer cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { addr: SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Key(#[from] KeyError),
 }
@@ -81,9 +63,7 @@ pub struct DevIssuer {
 
 impl std::fmt::Debug for DevIssuer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DevIssuer")
-            .field("issuer", &self.state.issuer)
-            .finish()
+        f.debug_struct("DevIssuer").field("issuer", &self.state.issuer).finish()
     }
 }
 
@@ -95,20 +75,13 @@ impl Drop for DevIssuer {
 
 impl DevIssuer {
     /// Starts the issuer on `addr` (loopback only) with one key of `alg`.
-    pub async fn start(
-        addr: SocketAddr,
-        audience: &str,
-        alg: Algorithm,
-    ) -> Result<DevIssuer, DevIssuerError> {
+    pub async fn start(addr: SocketAddr, audience: &str, alg: Algorithm) -> Result<DevIssuer, DevIssuerError> {
         if !addr.ip().is_loopback() {
             return Err(DevIssuerError::NotLoopback(addr));
         }
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|source| DevIssuerError::Bind { addr, source })?;
-        let addr = listener
-            .local_addr()
-            .map_err(|source| DevIssuerError::Bind { addr, source })?;
+        let listener =
+            tokio::net::TcpListener::bind(addr).await.map_err(|source| DevIssuerError::Bind { addr, source })?;
+        let addr = listener.local_addr().map_err(|source| DevIssuerError::Bind { addr, source })?;
         let state = Arc::new(IssuerState {
             issuer: format!("http://{addr}"),
             audience: audience.to_string(),
@@ -139,18 +112,12 @@ impl DevIssuer {
 
     /// The key tokens are signed with.
     pub fn current_key(&self) -> Arc<SigningKey> {
-        self.state
-            .keys
-            .read()
-            .map(|k| k[0].clone())
-            .unwrap_or_else(|p| p.into_inner()[0].clone())
+        self.state.keys.read().map(|k| k[0].clone()).unwrap_or_else(|p| p.into_inner()[0].clone())
     }
 
     /// Signs `claims` as given, with the current key.
     pub fn mint(&self, claims: &Value) -> String {
-        self.current_key()
-            .sign_jwt(&json!({"typ": "at+jwt"}), claims)
-            .unwrap_or_default()
+        self.current_key().sign_jwt(&json!({"typ": "at+jwt"}), claims).unwrap_or_default()
     }
 
     /// Standard access-token claims for `subject`, valid for `lifetime` from now.
@@ -252,10 +219,7 @@ struct TokenRequest {
     user: String,
 }
 
-async fn token(
-    State(state): State<Arc<IssuerState>>,
-    Form(request): Form<TokenRequest>,
-) -> Response {
+async fn token(State(state): State<Arc<IssuerState>>, Form(request): Form<TokenRequest>) -> Response {
     let Some(user) = DEMO_USERS.iter().find(|u| u.name == request.user) else {
         let names: Vec<&str> = DEMO_USERS.iter().map(|u| u.name).collect();
         return (StatusCode::BAD_REQUEST, Json(json!({"error": "invalid_request", "error_description": format!("unknown demo user; use one of {names:?}")}))).into_response();

@@ -37,9 +37,7 @@ pub struct MockUpstream {
 
 impl std::fmt::Debug for MockUpstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MockUpstream")
-            .field("addr", &self.addr)
-            .finish()
+        f.debug_struct("MockUpstream").field("addr", &self.addr).finish()
     }
 }
 
@@ -71,14 +69,16 @@ impl MockUpstream {
 
 /// The mock's routes, for serving on a listener of the caller's choice.
 pub fn router(chunk_delay: Duration, expect_authorization: Option<String>) -> Router {
-    let state = Arc::new(MockState {
-        chunk_delay,
-        expect_authorization,
-    });
+    let state = Arc::new(MockState { chunk_delay, expect_authorization });
     Router::new()
         .route("/health", get(|| async { "ok" }))
         .route("/info", get(|| async { Json(json!({"model_id": "hfgate-demo/tiny-chat", "router": "hfgate-mock"})) }))
-        .route("/v1/models", get(|| async { Json(json!({"object": "list", "data": [{"id": "hfgate-demo/tiny-chat", "object": "model"}]})) }))
+        .route(
+            "/v1/models",
+            get(|| async {
+                Json(json!({"object": "list", "data": [{"id": "hfgate-demo/tiny-chat", "object": "model"}]}))
+            }),
+        )
         .route("/v1/chat/completions", post(chat_completions))
         .route("/generate", post(generate))
         .route("/generate_stream", post(generate_stream))
@@ -99,10 +99,7 @@ async fn require_credential(
     if let Some(expected) = &state.expect_authorization
         && request.uri().path() != "/health"
     {
-        let got = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
+        let got = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
         if got != Some(expected.as_str()) {
             return (
                 StatusCode::UNAUTHORIZED,
@@ -121,13 +118,8 @@ impl http_body::Body for ChannelBody {
     type Data = Bytes;
     type Error = std::convert::Infallible;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        self.0
-            .poll_recv(cx)
-            .map(|chunk| chunk.map(|c| Ok(Frame::data(c))))
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        self.0.poll_recv(cx).map(|chunk| chunk.map(|c| Ok(Frame::data(c))))
     }
 }
 
@@ -144,12 +136,8 @@ fn paced(events: Vec<String>, delay: Duration, content_type: &'static str) -> Re
         }
     });
     let mut response = Response::new(Body::new(ChannelBody(rx)));
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     response
 }
 
@@ -166,23 +154,12 @@ fn prompt_tokens(body: &Value) -> u64 {
     text.split_whitespace().count().max(1) as u64
 }
 
-async fn chat_completions(
-    State(state): State<Arc<MockState>>,
-    Json(body): Json<Value>,
-) -> Response {
-    let model = body
-        .get("model")
-        .and_then(Value::as_str)
-        .unwrap_or("hfgate-demo/tiny-chat")
-        .to_string();
+async fn chat_completions(State(state): State<Arc<MockState>>, Json(body): Json<Value>) -> Response {
+    let model = body.get("model").and_then(Value::as_str).unwrap_or("hfgate-demo/tiny-chat").to_string();
     let created = crate::jose::unix_now();
     let words = words();
-    let limit = body
-        .get("max_tokens")
-        .and_then(Value::as_u64)
-        .map(|m| m as usize)
-        .unwrap_or(words.len())
-        .clamp(1, words.len());
+    let limit =
+        body.get("max_tokens").and_then(Value::as_u64).map(|m| m as usize).unwrap_or(words.len()).clamp(1, words.len());
     let words = &words[..limit];
     let usage = json!({"prompt_tokens": prompt_tokens(&body), "completion_tokens": words.len(), "total_tokens": prompt_tokens(&body) + words.len() as u64});
     if body.get("stream").and_then(Value::as_bool) != Some(true) {
@@ -229,10 +206,7 @@ async fn generate(Json(body): Json<Value>) -> Response {
     response
 }
 
-async fn generate_stream(
-    State(state): State<Arc<MockState>>,
-    Json(_body): Json<Value>,
-) -> Response {
+async fn generate_stream(State(state): State<Arc<MockState>>, Json(_body): Json<Value>) -> Response {
     let words = words();
     let count = words.len();
     let events = words
@@ -265,22 +239,13 @@ async fn echo(request: Request) -> Json<Value> {
     let headers: serde_json::Map<String, Value> = request
         .headers()
         .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_string(),
-                json!(v.to_str().unwrap_or("(binary)")),
-            )
-        })
+        .map(|(k, v)| (k.as_str().to_string(), json!(v.to_str().unwrap_or("(binary)"))))
         .collect();
     let method = request.method().to_string();
     let path = request.uri().path().to_string();
     let query = request.uri().query().map(str::to_string);
-    let body = axum::body::to_bytes(request.into_body(), 1024 * 1024)
-        .await
-        .unwrap_or_default();
-    Json(
-        json!({"method": method, "path": path, "query": query, "headers": headers, "body_bytes": body.len()}),
-    )
+    let body = axum::body::to_bytes(request.into_body(), 1024 * 1024).await.unwrap_or_default();
+    Json(json!({"method": method, "path": path, "query": query, "headers": headers, "body_bytes": body.len()}))
 }
 
 #[derive(Debug, Deserialize)]
@@ -302,8 +267,6 @@ async fn stall_body(Query(q): Query<Millis>) -> Response {
         let _ = tx.send(Bytes::from_static(b"too late\n")).await;
     });
     let mut response = Response::new(Body::new(ChannelBody(rx)));
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     response
 }

@@ -38,10 +38,7 @@ where
     type Data = Bytes;
     type Error = B::Error;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled
             && let Some(data) = frame.data_ref()
@@ -82,32 +79,19 @@ pub struct ObservedBody<B> {
 
 impl<B> std::fmt::Debug for ObservedBody<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ObservedBody")
-            .field("bytes", &self.bytes)
-            .finish()
+        f.debug_struct("ObservedBody").field("bytes", &self.bytes).finish()
     }
 }
 
 impl<B> ObservedBody<B> {
     pub fn new(inner: B, tap: UsageTap, idle: Duration, on_end: EndHook) -> Self {
-        ObservedBody {
-            inner,
-            bytes: 0,
-            tap,
-            idle,
-            deadline: Box::pin(tokio::time::sleep(idle)),
-            on_end: Some(on_end),
-        }
+        ObservedBody { inner, bytes: 0, tap, idle, deadline: Box::pin(tokio::time::sleep(idle)), on_end: Some(on_end) }
     }
 
     fn end(&mut self, error: Option<String>) {
         if let Some(hook) = self.on_end.take() {
             let usage = std::mem::take(&mut self.tap).finish();
-            hook(BodyOutcome {
-                bytes: self.bytes,
-                usage,
-                error,
-            });
+            hook(BodyOutcome { bytes: self.bytes, usage, error });
         }
     }
 }
@@ -125,10 +109,7 @@ where
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
@@ -146,10 +127,7 @@ where
             }
             Poll::Ready(Some(Err(err))) => {
                 let err: BoxError = err.into();
-                this.end(Some(format!(
-                    "upstream body error: {}",
-                    crate::client::error_chain(err.as_ref())
-                )));
+                this.end(Some(format!("upstream body error: {}", crate::client::error_chain(err.as_ref()))));
                 Poll::Ready(Some(Err(err)))
             }
             Poll::Ready(None) => {
@@ -179,9 +157,7 @@ where
 impl<B> Drop for ObservedBody<B> {
     fn drop(&mut self) {
         if self.on_end.is_some() {
-            self.end(Some(
-                "client closed the connection before the response ended".to_string(),
-            ));
+            self.end(Some("client closed the connection before the response ended".to_string()));
         }
     }
 }
@@ -212,25 +188,12 @@ enum TapMode {
 
 impl UsageTap {
     pub fn for_response(headers: &HeaderMap) -> UsageTap {
-        let number = |name: &str| {
-            headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse().ok())
-        };
-        let from_headers = Usage {
-            prompt_tokens: number("x-prompt-tokens"),
-            completion_tokens: number("x-generated-tokens"),
-        };
-        let content_type = headers
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
+        let number = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse().ok());
+        let from_headers =
+            Usage { prompt_tokens: number("x-prompt-tokens"), completion_tokens: number("x-generated-tokens") };
+        let content_type = headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
         let mode = if content_type.starts_with("text/event-stream") {
-            TapMode::Sse {
-                line: Vec::new(),
-                last: None,
-            }
+            TapMode::Sse { line: Vec::new(), last: None }
         } else if content_type.starts_with("application/json") && from_headers.is_empty() {
             TapMode::Json(Vec::new())
         } else {
@@ -278,9 +241,7 @@ impl UsageTap {
         let doc = match self.mode {
             TapMode::Off => return Usage::default(),
             TapMode::Json(buf) => serde_json::from_slice::<Value>(&buf).ok(),
-            TapMode::Sse { last, .. } => {
-                last.and_then(|data| serde_json::from_slice::<Value>(&data).ok())
-            }
+            TapMode::Sse { last, .. } => last.and_then(|data| serde_json::from_slice::<Value>(&data).ok()),
         };
         doc.map(|d| usage_from_json(&d)).unwrap_or_default()
     }
@@ -301,11 +262,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 /// OpenAI `usage {prompt_tokens, completion_tokens}`, or TGI `details {generated_tokens}`.
 pub fn usage_from_json(doc: &Value) -> Usage {
     let first = |v: &Value| {
-        if let Value::Array(items) = v {
-            items.first().cloned()
-        } else {
-            None
-        }
+        if let Value::Array(items) = v { items.first().cloned() } else { None }
     };
     let doc = first(doc).unwrap_or_else(|| doc.clone());
     if let Some(usage) = doc.get("usage").filter(|u| u.is_object()) {
@@ -330,10 +287,7 @@ mod tests {
 
     fn headers(content_type: &'static str) -> HeaderMap {
         let mut h = HeaderMap::new();
-        h.insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static(content_type),
-        );
+        h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static(content_type));
         h
     }
 
@@ -342,13 +296,7 @@ mod tests {
         let mut tap = UsageTap::for_response(&headers("application/json"));
         tap.feed(br#"{"choices":[],"usage":{"prompt_tokens":"#);
         tap.feed(br#"12,"completion_tokens":34}}"#);
-        assert_eq!(
-            tap.finish(),
-            Usage {
-                prompt_tokens: Some(12),
-                completion_tokens: Some(34)
-            }
-        );
+        assert_eq!(tap.finish(), Usage { prompt_tokens: Some(12), completion_tokens: Some(34) });
     }
 
     #[test]
@@ -357,38 +305,20 @@ mod tests {
         tap.feed(b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n");
         tap.feed(b"data: {\"choices\":[],\"usa");
         tap.feed(b"ge\":{\"prompt_tokens\":5,\"completion_tokens\":7}}\r\n\r\ndata: [DONE]\n\n");
-        assert_eq!(
-            tap.finish(),
-            Usage {
-                prompt_tokens: Some(5),
-                completion_tokens: Some(7)
-            }
-        );
+        assert_eq!(tap.finish(), Usage { prompt_tokens: Some(5), completion_tokens: Some(7) });
     }
 
     #[test]
     fn tgi_stream_details_and_headers() {
         let mut tap = UsageTap::for_response(&headers("text/event-stream"));
         tap.feed(b"data:{\"token\":{\"text\":\"a\"},\"details\":{\"generated_tokens\":9}}\n\n");
-        assert_eq!(
-            tap.finish(),
-            Usage {
-                prompt_tokens: None,
-                completion_tokens: Some(9)
-            }
-        );
+        assert_eq!(tap.finish(), Usage { prompt_tokens: None, completion_tokens: Some(9) });
 
         let mut h = headers("application/json");
         h.insert("x-prompt-tokens", HeaderValue::from_static("3"));
         h.insert("x-generated-tokens", HeaderValue::from_static("4"));
         let tap = UsageTap::for_response(&h);
-        assert_eq!(
-            tap.finish(),
-            Usage {
-                prompt_tokens: Some(3),
-                completion_tokens: Some(4)
-            }
-        );
+        assert_eq!(tap.finish(), Usage { prompt_tokens: Some(3), completion_tokens: Some(4) });
     }
 
     #[test]

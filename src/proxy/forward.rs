@@ -47,17 +47,11 @@ pub async fn send(
     timeout: Duration,
 ) -> Result<Response<Incoming>, ForwardError> {
     match tokio::time::timeout(timeout, client.request(request)).await {
-        Err(_) => Err(ForwardError::Timeout(format!(
-            "no response headers within {timeout:?}"
-        ))),
+        Err(_) => Err(ForwardError::Timeout(format!("no response headers within {timeout:?}"))),
         Ok(Ok(response)) => Ok(response),
         Ok(Err(err)) => {
             let detail = error_chain(&err);
-            if is_timeout(&err) {
-                Err(ForwardError::Timeout(detail))
-            } else {
-                Err(ForwardError::Unavailable(detail))
-            }
+            if is_timeout(&err) { Err(ForwardError::Timeout(detail)) } else { Err(ForwardError::Unavailable(detail)) }
         }
     }
 }

@@ -125,12 +125,7 @@ pub fn upstream_headers(client: &HeaderMap, up: UpstreamIdentity<'_>) -> HeaderM
 /// Removes hop-by-hop headers from an upstream response.
 pub fn clean_response_headers(headers: &mut HeaderMap) {
     let named = connection_named(headers);
-    for name in HOP_BY_HOP
-        .iter()
-        .copied()
-        .map(HeaderName::from_static)
-        .chain(named)
-    {
+    for name in HOP_BY_HOP.iter().copied().map(HeaderName::from_static).chain(named) {
         headers.remove(&name);
     }
 }
@@ -161,8 +156,7 @@ mod tests {
             jwks_refetch_min_interval: Duration::from_secs(30),
             jwks_max_stale: Duration::from_secs(3600),
         };
-        let claims =
-            serde_json::json!({"sub": "alice", "email": "a@x", "groups": ["ml,research", "ops"]});
+        let claims = serde_json::json!({"sub": "alice", "email": "a@x", "groups": ["ml,research", "ops"]});
         identity_from_claims(&settings, claims.as_object().expect("obj"), 0)
     }
 
@@ -170,19 +164,13 @@ mod tests {
     fn spoofed_and_hop_by_hop_headers_are_replaced() {
         let mut client = HeaderMap::new();
         client.insert(header::HOST, HeaderValue::from_static("gate.example"));
-        client.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("Bearer caller-token"),
-        );
+        client.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer caller-token"));
         client.insert("x-forwarded-user", HeaderValue::from_static("admin"));
         client.insert("x-forwarded-groups", HeaderValue::from_static("admins"));
         client.insert("x-hfgate-assertion", HeaderValue::from_static("forged"));
         client.insert("x-hfgate-anything", HeaderValue::from_static("forged"));
         client.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
-        client.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, x-secret-hop"),
-        );
+        client.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret-hop"));
         client.insert("x-secret-hop", HeaderValue::from_static("1"));
         client.insert("te", HeaderValue::from_static("trailers"));
         client.insert("accept", HeaderValue::from_static("text/event-stream"));
@@ -208,14 +196,7 @@ mod tests {
         assert_eq!(out["x-forwarded-proto"], "http");
         assert_eq!(out["x-request-id"], "rid");
         assert_eq!(out["accept"], "text/event-stream");
-        for gone in [
-            "x-hfgate-assertion",
-            "x-hfgate-anything",
-            "x-secret-hop",
-            "connection",
-            "te",
-            "host",
-        ] {
+        for gone in ["x-hfgate-assertion", "x-hfgate-anything", "x-secret-hop", "connection", "te", "host"] {
             assert!(!out.contains_key(gone), "{gone} must not go upstream");
         }
     }

@@ -68,12 +68,7 @@ pub struct Stack {
     pub client: HttpClient,
 }
 
-pub fn config_text(
-    issuer: &DevIssuer,
-    upstream: SocketAddr,
-    dir: &Path,
-    options: &Options,
-) -> String {
+pub fn config_text(issuer: &DevIssuer, upstream: SocketAddr, dir: &Path, options: &Options) -> String {
     let credential = options.credential.clone().unwrap_or_else(|| {
         let path = dir.join("hf_token");
         std::fs::write(&path, format!("{ORG_SECRET}\n")).expect("credential file");
@@ -122,18 +117,13 @@ impl Stack {
 
     pub async fn start_with(options: Options) -> Stack {
         let loopback: SocketAddr = "127.0.0.1:0".parse().expect("addr");
-        let issuer = DevIssuer::start(loopback, AUDIENCE, options.alg)
-            .await
-            .expect("issuer");
-        let upstream = MockUpstream::start(loopback, options.chunk_delay, None)
-            .await
-            .expect("upstream");
+        let issuer = DevIssuer::start(loopback, AUDIENCE, options.alg).await.expect("issuer");
+        let upstream = MockUpstream::start(loopback, options.chunk_delay, None).await.expect("upstream");
         let dir = temp_dir("stack");
         let text = config_text(&issuer, upstream.addr(), &dir, &options);
         let path = dir.join("hfgate.toml");
         std::fs::write(&path, &text).expect("config");
-        let settings =
-            hfgate::config::load(&path).unwrap_or_else(|e| panic!("config invalid:\n{e}\n{text}"));
+        let settings = hfgate::config::load(&path).unwrap_or_else(|e| panic!("config invalid:\n{e}\n{text}"));
         let server = server::start(settings).await.expect("server");
         let deadline = Instant::now() + Duration::from_secs(10);
         while !server.gateway.authn.ready() {
@@ -141,13 +131,7 @@ impl Stack {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let client = hfgate::client::build(Duration::from_secs(5));
-        Stack {
-            issuer,
-            upstream,
-            server,
-            dir,
-            client,
-        }
+        Stack { issuer, upstream, server, dir, client }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -160,11 +144,7 @@ impl Stack {
 
     /// A valid token for `sub` with the given groups.
     pub fn token(&self, sub: &str) -> String {
-        self.issuer.mint(
-            &self
-                .issuer
-                .claims(sub, &["ml-research"], Duration::from_secs(600)),
-        )
+        self.issuer.mint(&self.issuer.claims(sub, &["ml-research"], Duration::from_secs(600)))
     }
 
     pub async fn get(&self, path: &str, token: Option<&str>) -> Reply {
@@ -172,8 +152,7 @@ impl Stack {
         if let Some(token) = token {
             builder = builder.header("authorization", format!("Bearer {token}"));
         }
-        self.send(builder.body(Body::empty()).expect("request"))
-            .await
+        self.send(builder.body(Body::empty()).expect("request")).await
     }
 
     pub async fn send(&self, request: Request<Body>) -> Reply {
@@ -225,37 +204,23 @@ impl Reply {
     }
 
     pub fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
+        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
     }
 
     /// The error_description of a 401, asserting the RFC 6750 shape on the way.
     pub fn description(&self) -> String {
         let body = self.json();
-        let description = body["error_description"]
-            .as_str()
-            .expect("error_description")
-            .to_string();
+        let description = body["error_description"].as_str().expect("error_description").to_string();
         if self.status == StatusCode::UNAUTHORIZED {
             let challenge = self.header("www-authenticate");
             assert!(
-                challenge.starts_with(
-                    "Bearer realm=\"hfgate\", error=\"invalid_token\", error_description=\""
-                ),
+                challenge.starts_with("Bearer realm=\"hfgate\", error=\"invalid_token\", error_description=\""),
                 "{challenge}"
             );
-            assert!(
-                challenge.contains(&description.replace('"', "'")),
-                "{challenge} vs {description}"
-            );
+            assert!(challenge.contains(&description.replace('"', "'")), "{challenge} vs {description}");
             assert_eq!(body["error"], "invalid_token");
         }
-        assert_eq!(
-            body["request_id"].as_str(),
-            Some(self.header("x-request-id"))
-        );
+        assert_eq!(body["request_id"].as_str(), Some(self.header("x-request-id")));
         description
     }
 }
@@ -267,18 +232,11 @@ pub async fn send(client: &HttpClient, request: Request<Body>) -> Reply {
         .expect("response");
     let (parts, body) = response.into_parts();
     let body = body.collect().await.expect("body").to_bytes();
-    Reply {
-        status: parts.status,
-        headers: parts.headers,
-        body,
-    }
+    Reply { status: parts.status, headers: parts.headers, body }
 }
 
 /// Reads a streamed body and returns each chunk with the time it arrived since `start`.
-pub async fn timed_chunks(
-    client: &HttpClient,
-    request: Request<Body>,
-) -> (StatusCode, Vec<(Duration, Bytes)>) {
+pub async fn timed_chunks(client: &HttpClient, request: Request<Body>) -> (StatusCode, Vec<(Duration, Bytes)>) {
     let start = Instant::now();
     let response = client.request(request).await.expect("response");
     let status = response.status();
