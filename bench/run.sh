@@ -5,7 +5,9 @@ set -euo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(dirname "$BENCH_DIR")
-ALL_TARGETS=(direct nginx haproxy-rs256 hfgate-rs256 haproxy-es256 hfgate-es256)
+ALL_TARGETS=(direct nginx haproxy-rs256 hfgate-rs256 hfgate-5rules hfgate-500rules haproxy-es256 hfgate-es256)
+# The rule targets: hfgate-rs256's configuration plus 40 more routes and this many [[allow]]/[[deny]] rules.
+declare -A RULE_COUNT=([hfgate-5rules]=5 [hfgate-500rules]=500)
 
 usage() {
   cat <<EOF
@@ -18,6 +20,8 @@ Measures, in one run, requests/s and p50/p99 latency of:
   haproxy-es256   HAProxy 2.6 checking an ES256 JWT with jwt_verify
   hfgate-rs256    hfgate checking the same RS256 JWT
   hfgate-es256    hfgate checking the same ES256 JWT
+  hfgate-5rules   hfgate-rs256 plus 40 routes and 5 authorization rules (one permits the request)
+  hfgate-500rules the same with 500 rules (bench/lib/rules.py); the ratio to hfgate-5rules is reported
 The proxy under test runs on CPU \$BENCH_PROXY_CPU (0); wrk and the upstream on CPU \$BENCH_LOAD_CPU (1).
 
 Options:
@@ -274,6 +278,14 @@ AUDIT_PATH=$RUN/audit.jsonl
 render "$BENCH_DIR/conf/hfgate.toml.in" "$RUN/hfgate.toml" \
   PROXY_PORT="$HFGATE_PORT" ADMIN_PORT="$HFGATE_ADMIN_PORT" AUDIT_PATH="$AUDIT_PATH" \
   ISSUER="$ISSUER" AUDIENCE="$AUDIENCE" JWKS_PORT="$JWKS_PORT" UPSTREAM_PORT="$UPSTREAM_PORT"
+# The rule targets: the same file, then the generated routes and rules (deterministic; see rules.py).
+for target in "${!RULE_COUNT[@]}"; do
+  wants "$target" || continue
+  { cat "$RUN/hfgate.toml"; echo; python3 "$BENCH_DIR/lib/rules.py" --rules "${RULE_COUNT[$target]}" \
+      --upstream "http://127.0.0.1:$UPSTREAM_PORT" --summary 2>"$RUN/$target.rules.txt"; } >"$RUN/$target.toml" \
+    || die "bench/lib/rules.py failed: $(cat "$RUN/$target.rules.txt")"
+  log "$target: $(<"$RUN/$target.rules.txt")"
+done
 
 nginx -t -q -p "$RUN" -e "$RUN/nginx-t.log" -c "$RUN/upstream-nginx.conf" || die "upstream nginx config rejected"
 nginx -t -q -p "$RUN" -e "$RUN/nginx-t.log" -c "$RUN/proxy-nginx.conf" || die "proxy nginx config rejected"
@@ -325,16 +337,26 @@ start_target() { # sets TARGET_PID TARGET_URL TARGET_TOKEN_STEM
         sleep 0.1
       done
       ;;
-    hfgate-rs256 | hfgate-es256)
+    hfgate-*)
+      local config=$RUN/hfgate.toml
+      TARGET_TOKEN_STEM=${target#hfgate-}
+      if [[ -n ${RULE_COUNT[$target]:-} ]]; then
+        config=$RUN/$target.toml
+        TARGET_TOKEN_STEM=rs256
+        # A binary that cannot read the rules fails here, with its own words, not at start-up.
+        if ! env -u RUST_LOG "$HFGATE" check --config "$config" >"$RUN/$target.check.log" 2>&1; then
+          FAIL_MSG="'hfgate check --config $config' exited non-zero: $(head -c 400 "$RUN/$target.check.log" | tr '\n' ' ')"
+          return 1
+        fi
+      fi
       rm -f "$AUDIT_PATH"
-      start_bg "$target" "$PROXY_CPU" env -u RUST_LOG "$HFGATE" serve --config "$RUN/hfgate.toml"
+      start_bg "$target" "$PROXY_CPU" env -u RUST_LOG "$HFGATE" serve --config "$config"
       TARGET_PID=$LAST_PID
       TARGET_URL="http://127.0.0.1:$HFGATE_PORT/"
-      TARGET_TOKEN_STEM=${target#hfgate-}
       wait_http "$TARGET_PID" "http://127.0.0.1:$HFGATE_ADMIN_PORT/readyz" 30 || rc=$?
       case $rc in
         1) FAIL_MSG="GET http://127.0.0.1:$HFGATE_ADMIN_PORT/readyz did not return 200 within 30 s; log: $(log_tail "$target" 3)"; return 1 ;;
-        2) FAIL_MSG="'hfgate serve --config $RUN/hfgate.toml' exited during start-up; log: $(log_tail "$target")"; return 1 ;;
+        2) FAIL_MSG="'hfgate serve --config $config' exited during start-up; log: $(log_tail "$target")"; return 1 ;;
       esac
       ;;
   esac
@@ -345,13 +367,13 @@ stop_target() {
   TARGET_PID=""
 }
 
-# expect LABEL STATUS [TOKEN_FILE] : one request, status (and body for 200) must match
+# expect LABEL STATUS [TOKEN_FILE [METHOD]] : one request, status (and body for 200) must match
 expect() {
-  local label=$1 want=$2 token_file=${3:-} got auth=()
+  local label=$1 want=$2 token_file=${3:-} method=${4:-GET} got auth=()
   [[ -n $token_file ]] && auth=(-H "Authorization: Bearer $(<"$WORK/tokens/$token_file.jwt")")
-  got=$(curl -sS --max-time 5 -o "$RUN/check.body" -w '%{http_code}' "${auth[@]+"${auth[@]}"}" "$TARGET_URL" 2>&1) || got="curl failed: $got"
+  got=$(curl -sS --max-time 5 -X "$method" -o "$RUN/check.body" -w '%{http_code}' "${auth[@]+"${auth[@]}"}" "$TARGET_URL" 2>&1) || got="curl failed: $got"
   if [[ $got != "$want" ]]; then
-    FAIL_MSG="check '$label': GET $TARGET_URL expected $want, got $got: $(head -c 300 "$RUN/check.body" 2>/dev/null | tr '\n' ' ')"
+    FAIL_MSG="check '$label': $method $TARGET_URL expected $want, got $got: $(head -c 300 "$RUN/check.body" 2>/dev/null | tr '\n' ' ')"
     return 1
   fi
   if [[ $want == 200 && $(<"$RUN/check.body") != '{"ok":true}' ]]; then
@@ -360,8 +382,8 @@ expect() {
   fi
 }
 
-check_target() {
-  local stem=$TARGET_TOKEN_STEM kind
+check_target() { # check_target TARGET
+  local target=$1 stem=$TARGET_TOKEN_STEM kind
   if [[ -z $stem ]]; then
     expect "no auth" 200
     return
@@ -371,6 +393,11 @@ check_target() {
   for kind in tampered expired wrong-aud wrong-iss; do
     expect "$kind token" 401 "$stem-$kind" || return 1
   done
+  if [[ -n ${RULE_COUNT[$target]:-} ]]; then
+    # The policy must decide: a group no rule names is refused, and so is a write by the bench group.
+    expect "groups [nobody]" 403 "$stem-nobody" || return 1
+    expect "write (POST) by groups [bench]" 403 "$stem-valid" POST || return 1
+  fi
 }
 
 cpu_ticks() { # "busy total" of one CPU from /proc/stat
@@ -433,7 +460,7 @@ measure() { # measure ROUND TARGET
     return 0
   fi
   log "round $round: $target"
-  if ! start_target "$target" || ! check_target; then
+  if ! start_target "$target" || ! check_target "$target"; then
     log "$target: $FAIL_MSG"
     record "$round" "$target" failed "$FAIL_MSG"
     stop_target

@@ -34,6 +34,28 @@ pub enum Command {
         #[arg(long, short, default_value = "hfgate.toml", env = "HFGATE_CONFIG")]
         config: PathBuf,
     },
+    /// Trace one request through authentication, classification and the policy decision.
+    Explain {
+        #[arg(long, short, default_value = "hfgate.toml", env = "HFGATE_CONFIG")]
+        config: PathBuf,
+        /// The bearer token (verified for real: the issuer's keys are fetched).
+        #[arg(long, conflicts_with = "claims", required_unless_present = "claims")]
+        token: Option<String>,
+        /// A JSON file of claims instead of a token (the signature check is skipped).
+        #[arg(long)]
+        claims: Option<PathBuf>,
+        #[arg(long, short = 'X', default_value = "GET")]
+        method: String,
+        /// The request URL or path, e.g. http://gate/llama/v1/chat/completions.
+        #[arg(long)]
+        url: String,
+        /// A file holding the request body (for APIs that name the model in it).
+        #[arg(long)]
+        body: Option<PathBuf>,
+        /// A client-sent X-HF-Bill-To to check.
+        #[arg(long)]
+        bill_to: Option<String>,
+    },
     /// Run a development issuer, a mock model endpoint and the proxy on loopback, and print commands to try.
     Demo {
         /// Proxy listener.

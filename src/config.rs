@@ -12,8 +12,8 @@ use toml::Spanned;
 
 pub use duration::{format_duration, parse_duration};
 pub use settings::{
-    ApiKind, AuditTarget, ClaimPath, Credential, IssuerSettings, JwksSource, KindRule, RouteSettings, ServerSettings,
-    Settings, UpstreamUrl, is_loopback_host,
+    ApiKind, AuditTarget, AuthzSettings, ClaimPath, Credential, IssuerSettings, JwksSource, KindRule, RouteSettings,
+    RuleEffect, RuleSettings, ServerSettings, Settings, UpstreamUrl, is_loopback_host,
 };
 
 /// A string value with its place in the file.
@@ -65,6 +65,33 @@ pub(crate) struct RawConfig {
     pub issuer: Vec<Spanned<RawIssuer>>,
     #[serde(default)]
     pub route: Vec<Spanned<RawRoute>>,
+    pub authz: Option<Spanned<RawAuthz>>,
+    #[serde(default)]
+    pub allow: Vec<Spanned<RawRule>>,
+    #[serde(default)]
+    pub deny: Vec<Spanned<RawRule>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAuthz {
+    pub policy_file: Option<Text>,
+    pub decision_cache: Option<Spanned<bool>>,
+}
+
+/// `[[allow]]` / `[[deny]]`: shorthand compiled to Cedar `permit` / `forbid`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRule {
+    pub groups: Option<Vec<Text>>,
+    pub users: Option<Vec<Text>>,
+    pub issuers: Option<Vec<Text>>,
+    pub routes: Option<Vec<Text>>,
+    pub models: Option<Vec<Text>>,
+    pub datasets: Option<Vec<Text>>,
+    pub spaces: Option<Vec<Text>>,
+    pub actions: Option<Vec<Text>>,
+    pub bill_to: Option<Text>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -120,6 +147,8 @@ pub(crate) struct RawRoute {
     pub strip_prefix: Option<Spanned<bool>>,
     pub timeout: Option<Text>,
     pub idle_timeout: Option<Text>,
+    pub bill_to: Option<Text>,
+    pub max_body_peek: Option<Spanned<i64>>,
 }
 
 /// Maps byte offsets of one file to line numbers and collects issues against it.

@@ -2,6 +2,7 @@
 //! loopback, with ready-to-paste commands. The only mode of hfgate that issues tokens.
 
 pub mod dev_issuer;
+pub mod mock_hub;
 pub mod mock_upstream;
 
 use std::net::SocketAddr;
@@ -76,6 +77,15 @@ api = "tgi"
 model = "{model}"
 credential = "file:{credential}"
 strip_prefix = true
+
+# Research and CI may use the demo model; support may only read its metadata.
+[[allow]]
+groups = ["ml-research", "ci"]
+models = ["hfgate-demo/*"]
+
+[[allow]]
+groups = ["support"]
+actions = ["metadata"]
 "#,
         listen = options.listen,
         admin = options.admin_listen,
@@ -144,6 +154,13 @@ curl -N {base}/v1/chat/completions -H "Authorization: Bearer $HFGATE_TOKEN" \
 
 # The same without a token is refused with the reason:
 curl -i {base}/v1/chat/completions -d '{{}}'
+
+# bob (support) may read the model's metadata but not run it: 403 naming the action and the model:
+curl -i {base}/v1/chat/completions -H "Authorization: Bearer $HFGATE_TOKEN_BOB" -d '{{}}'
+curl -s {base}/info -H "Authorization: Bearer $HFGATE_TOKEN_BOB"
+
+# Why? Ask hfgate:
+hfgate explain --config {config} --token "$HFGATE_TOKEN_BOB" --method POST --url {base}/v1/chat/completions
 
 # huggingface_hub (pip install huggingface_hub):
 python3 -c 'import os; from huggingface_hub import InferenceClient

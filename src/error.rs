@@ -33,6 +33,16 @@ impl HttpError {
         HttpError::new(StatusCode::BAD_REQUEST, "invalid_request", "bad_path", err.to_string())
     }
 
+    /// A request that could not be classified (no model in the body, a malformed repo path...).
+    pub fn bad_request(err: crate::classify::ClassifyError) -> HttpError {
+        HttpError::new(StatusCode::BAD_REQUEST, "invalid_request", "unclassifiable", err.to_string())
+    }
+
+    /// A verified identity that the policy refuses: RFC 6750 `insufficient_scope`.
+    pub fn forbidden(reason: String) -> HttpError {
+        HttpError::new(StatusCode::FORBIDDEN, "insufficient_scope", "policy_denied", reason)
+    }
+
     pub fn no_route(path: &str) -> HttpError {
         let shown: String = path.chars().take(128).collect();
         HttpError::new(StatusCode::NOT_FOUND, "not_found", "no_route", format!("no route for path {shown}"))
@@ -53,7 +63,7 @@ impl HttpError {
         if let Ok(id) = HeaderValue::from_str(request_id) {
             headers.insert("x-request-id", id);
         }
-        if self.status == StatusCode::UNAUTHORIZED {
+        if self.status == StatusCode::UNAUTHORIZED || self.status == StatusCode::FORBIDDEN {
             let challenge = format!(
                 "Bearer realm=\"hfgate\", error=\"{}\", error_description=\"{}\"",
                 self.error,

@@ -10,11 +10,14 @@
 pub mod assertion;
 pub mod audit;
 pub mod authn;
+pub mod authz;
+pub mod classify;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod explain;
 pub mod jose;
 pub mod metrics;
 pub mod proxy;

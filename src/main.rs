@@ -43,6 +43,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Check { config } => match config::load(&config) {
             Ok(settings) => {
+                if let Err(issues) = hfgate::authz::Authorizer::new(&settings) {
+                    for issue in issues {
+                        eprintln!("{issue}");
+                    }
+                    return Ok(ExitCode::FAILURE);
+                }
                 hfgate::assertion::AssertionSigner::new(
                     settings.server.assertion_key.as_deref(),
                     &settings.server.public_url,
@@ -77,6 +83,49 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 anyhow::Ok(())
             })?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Explain { config, token, claims, method, url, body, bill_to } => {
+            let settings = match config::load(&config) {
+                Ok(settings) => settings,
+                Err(err) => {
+                    eprintln!("{err}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            let authz = match hfgate::authz::Authorizer::new(&settings) {
+                Ok(authz) => authz,
+                Err(issues) => {
+                    for issue in issues {
+                        eprintln!("{issue}");
+                    }
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            let caller = match (token, claims) {
+                (Some(token), _) => hfgate::explain::Caller::Token(token),
+                (None, Some(path)) => {
+                    let text =
+                        std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+                    hfgate::explain::Caller::Claims(
+                        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?,
+                    )
+                }
+                (None, None) => anyhow::bail!("give --token or --claims"),
+            };
+            let path = match url.parse::<http::Uri>() {
+                Ok(uri) => uri.path().to_string(),
+                Err(_) => anyhow::bail!("--url {url:?} is not a URL or path"),
+            };
+            let body = match body {
+                Some(p) => Some(std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?),
+                None => None,
+            };
+            let method =
+                http::Method::from_bytes(method.to_ascii_uppercase().as_bytes()).context("invalid --method")?;
+            let request = hfgate::explain::ExplainRequest { caller, method, path, body, bill_to };
+            let explanation = runtime(Some(1))?.block_on(hfgate::explain::explain(&settings, &authz, request));
+            print!("{}", explanation.text);
+            Ok(if explanation.allowed { ExitCode::SUCCESS } else { ExitCode::from(2) })
         }
         Command::Demo { listen, admin_listen, chunk_delay } => {
             runtime(None)?.block_on(demo::run(demo::DemoOptions { listen, admin_listen, chunk_delay }))?;

@@ -18,11 +18,14 @@ use crate::assertion::AssertionSigner;
 use crate::audit::event::{IdentityRecord, Timestamp};
 use crate::audit::{AuditEvent, AuditSink, Decision, ModelRef, Usage};
 use crate::authn::{self, Authenticator, Identity};
+use crate::authz::{self, Authorizer};
+use crate::classify::{self, Action};
 use crate::client::HttpClient;
+use crate::config::ApiKind;
 use crate::config::{Credential, Settings};
 use crate::error::HttpError;
 use crate::metrics::Metrics;
-use crate::route::{Route, RouteTable, normalize_path};
+use crate::route::{PathError, Route, RouteTable, normalize_path};
 use body::{BodyOutcome, CountingBody, ObservedBody, UsageTap};
 
 /// Everything the pipeline needs, built once from validated settings.
@@ -31,6 +34,7 @@ pub struct Gateway {
     pub settings: Arc<Settings>,
     pub routes: RouteTable,
     pub authn: Authenticator,
+    pub authz: Authorizer,
     pub signer: AssertionSigner,
     pub audit: AuditSink,
     pub metrics: Arc<Metrics>,
@@ -41,6 +45,7 @@ pub struct Gateway {
 impl Gateway {
     pub fn new(
         settings: Arc<Settings>,
+        authz: Authorizer,
         signer: AssertionSigner,
         audit: AuditSink,
         metrics: Arc<Metrics>,
@@ -49,7 +54,7 @@ impl Gateway {
         let authn = Authenticator::new(&settings.issuers, client.clone(), metrics.clone());
         let routes = RouteTable::new(&settings.routes);
         let proto = if settings.server.public_url.starts_with("https://") { "https" } else { "http" };
-        Gateway { settings, routes, authn, signer, audit, metrics, client, proto }
+        Gateway { settings, routes, authn, authz, signer, audit, metrics, client, proto }
     }
 }
 
@@ -65,6 +70,7 @@ pub struct Exchange {
     route: Option<Arc<Route>>,
     identity: Option<Arc<Identity>>,
     model: Option<ModelRef>,
+    action: Option<Action>,
     decision: Decision,
     upstream: Option<Arc<str>>,
     /// What went wrong, in more detail than the caller is told (audit only).
@@ -83,6 +89,7 @@ impl Exchange {
             route: None,
             identity: None,
             model: None,
+            action: None,
             decision: Decision::deny("not authenticated"),
             upstream: None,
             error: None,
@@ -107,7 +114,7 @@ impl Exchange {
             bytes_out,
             identity: self.identity.as_deref().map(IdentityRecord::from),
             model: self.model.as_ref(),
-            action: None,
+            action: self.action,
             decision: &self.decision,
             usage: (!usage.is_empty()).then_some(usage),
             upstream: self.upstream.as_deref(),
@@ -179,13 +186,12 @@ async fn pipeline(
     peer: SocketAddr,
     request: Request<Body>,
 ) -> Result<Response<hyper::body::Incoming>, HttpError> {
-    let path = normalize_path(request.uri().path()).map_err(HttpError::bad_path)?;
+    // A cheap reference-counted copy, so the path outlives taking the request apart.
+    let target = request.uri().clone();
+    let path = normalized_path(gateway, target.path())?;
     let route = gateway.routes.find(path).ok_or_else(|| HttpError::no_route(path))?.clone();
     exchange.route = Some(route.clone());
     let settings = &route.settings;
-    if let Some(model) = &settings.model {
-        exchange.model = Some(ModelRef { id: Some(model.clone()), ..ModelRef::default() });
-    }
 
     let token = authn::bearer_token(request.headers()).map_err(|e| HttpError::from(&e))?;
     let digest = authn::token_digest(token);
@@ -193,13 +199,66 @@ async fn pipeline(
     exchange.identity = Some(identity.clone());
     exchange.decision = Decision::allow("authenticated");
 
+    // Classify: the action and the model, reading a bounded prefix of the body only where the model lives there.
+    let (parts, body) = request.into_parts();
+    let route_path = match &path[settings.prefix.len()..] {
+        "" => "/",
+        rest => rest,
+    };
+    let shape = classify::Request { method: &parts.method, path: route_path, route_model: settings.model.as_deref() };
+    let (body, peeked) = if classify::needs_body(settings.api, &shape) {
+        let bytes = read_bounded(body, settings.max_body_peek).await?;
+        exchange.bytes_in.store(bytes.len() as u64, Ordering::Relaxed);
+        (Body::from(bytes.clone()), Some(bytes))
+    } else {
+        (body, None)
+    };
+    let classified = classify::classify(settings.api, &shape, peeked.as_deref()).map_err(HttpError::bad_request)?;
+    exchange.action = Some(classified.action);
+    exchange.model = classified.model.clone();
+
+    // Authorize, then check any client-chosen billing organisation against the same policies.
+    let question = authz::Question {
+        identity: &identity,
+        route: &route,
+        method: parts.method.as_str(),
+        path,
+        classified: &classified,
+    };
+    let verdict = gateway.authz.decide(digest, &question);
+    exchange.decision = Decision {
+        allow: verdict.allow,
+        policies: verdict.policies.clone(),
+        reason: verdict.reason.clone(),
+        policy_set: gateway.authz.enabled().then(|| gateway.authz.policy_hash().clone()),
+    };
+    if !verdict.allow {
+        return Err(HttpError::forbidden(verdict.reason.clone()));
+    }
+    let bill_to = match parts.headers.get(headers::X_HF_BILL_TO) {
+        Some(value) => {
+            let org = value
+                .to_str()
+                .map_err(|_| HttpError::forbidden("X-HF-Bill-To is not a valid organisation name".into()))?;
+            let billing = gateway.authz.may_bill(digest, &question, org);
+            if !billing.allow {
+                exchange.decision.allow = false;
+                exchange.decision.reason = billing.reason.clone();
+                exchange.decision.policies = billing.policies.clone();
+                return Err(HttpError::forbidden(billing.reason.clone()));
+            }
+            Some(value.clone())
+        }
+        None => verdict.bill_to.as_deref().and_then(|org| HeaderValue::from_str(org).ok()),
+    };
+
     let authorization = match &settings.credential {
         Credential::None => None,
         Credential::Static { header, .. } => Some(header.clone()),
-        Credential::Passthrough => request.headers().get(http::header::AUTHORIZATION).cloned(),
+        Credential::Passthrough => parts.headers.get(http::header::AUTHORIZATION).cloned(),
     };
     let assertion = gateway.signer.assertion(digest, route.index, &settings.name, &identity);
-    let path_and_query = route.upstream_path_and_query(path, request.uri().query());
+    let path_and_query = route.upstream_path_and_query(path, parts.uri.query());
     let uri = Uri::builder()
         .scheme(settings.upstream.scheme.clone())
         .authority(settings.upstream.authority.clone())
@@ -215,7 +274,6 @@ async fn pipeline(
         })?;
     exchange.upstream = Some(route.origin.clone());
 
-    let (parts, body) = request.into_parts();
     let upstream_headers = headers::upstream_headers(
         &parts.headers,
         headers::UpstreamIdentity {
@@ -226,9 +284,11 @@ async fn pipeline(
             peer,
             proto: gateway.proto,
             trust_forwarded: gateway.settings.server.trust_forwarded_headers,
+            bill_to,
         },
     );
-    let mut upstream = Request::new(Body::new(CountingBody::new(body, exchange.bytes_in.clone())));
+    let body = if peeked.is_some() { body } else { Body::new(CountingBody::new(body, exchange.bytes_in.clone())) };
+    let mut upstream = Request::new(body);
     *upstream.method_mut() = parts.method;
     *upstream.uri_mut() = uri;
     *upstream.headers_mut() = upstream_headers;
@@ -244,6 +304,38 @@ async fn pipeline(
             exchange.error = Some(err.to_string());
             Err(err.to_http(&settings.name))
         }
+    }
+}
+
+/// The request path after normalization. An encoded slash is accepted only on hub routes, where a
+/// revision may carry one (`refs%2Fpr%2F1`); the hub classifier then refuses it anywhere else.
+fn normalized_path<'p>(gateway: &Gateway, raw: &'p str) -> Result<&'p str, HttpError> {
+    match normalize_path(raw) {
+        Ok(path) => Ok(path),
+        Err(PathError::EncodedSlash) => {
+            let path = crate::route::normalize_path_allowing_encoded_slash(raw).map_err(HttpError::bad_path)?;
+            match gateway.routes.find(path) {
+                Some(route) if route.settings.api == ApiKind::Hub => Ok(path),
+                _ => Err(HttpError::bad_path(PathError::EncodedSlash)),
+            }
+        }
+        Err(err) => Err(HttpError::bad_path(err)),
+    }
+}
+
+/// Reads a request body of at most `limit` bytes (the model lives in it).
+async fn read_bounded(body: Body, limit: usize) -> Result<bytes::Bytes, HttpError> {
+    match http_body_util::BodyExt::collect(http_body_util::Limited::new(body, limit)).await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => {
+            Err(HttpError::bad_request(classify::ClassifyError::BodyTooLarge { limit }))
+        }
+        Err(_) => Err(HttpError::new(
+            http::StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "bad_body",
+            "the request body could not be read",
+        )),
     }
 }
 

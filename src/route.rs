@@ -29,6 +29,16 @@ pub enum PathError {
 /// Checks a request path (without its query). Refused: relative paths, `.`/`..` segments in any
 /// spelling (`%2e`, `.%2E`), empty segments, encoded `/` or `\`, raw `\`, bad or NUL escapes, control bytes.
 pub fn normalize_path(path: &str) -> Result<&str, PathError> {
+    check_path(path, false)
+}
+
+/// [`normalize_path`] that lets `%2F` through, for hub routes whose revisions may carry one; every
+/// other rule still applies.
+pub fn normalize_path_allowing_encoded_slash(path: &str) -> Result<&str, PathError> {
+    check_path(path, true)
+}
+
+fn check_path(path: &str, allow_encoded_slash: bool) -> Result<&str, PathError> {
     let bytes = path.as_bytes();
     if bytes.first() != Some(&b'/') {
         return Err(PathError::NotAbsolute);
@@ -43,6 +53,7 @@ pub fn normalize_path(path: &str) -> Result<&str, PathError> {
                     return Err(PathError::BadPercentEncoding);
                 };
                 match hi << 4 | lo {
+                    b'/' if allow_encoded_slash => {}
                     b'/' | b'\\' => return Err(PathError::EncodedSlash),
                     b if b < 0x20 || b == 0x7f => return Err(PathError::ControlCharacter),
                     _ => {}

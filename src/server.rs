@@ -29,6 +29,8 @@ pub enum ServerError {
     Audit { target: String, source: std::io::Error },
     #[error("assertion key: {0}")]
     AssertionKey(#[from] AssertionKeyError),
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Policy(Vec<crate::config::ConfigIssue>),
 }
 
 /// A started server; dropping it does not stop it, [`RunningServer::shutdown`] does.
@@ -45,6 +47,7 @@ pub struct RunningServer {
 /// Builds the gateway and binds both listeners; serving starts immediately, keys load in the background
 /// (`/readyz` answers 503 until they have).
 pub async fn start(settings: Settings) -> Result<RunningServer, ServerError> {
+    let authz = crate::authz::Authorizer::new(&settings).map_err(ServerError::Policy)?;
     let settings = Arc::new(settings);
     let audit = AuditSink::open(&settings.audit).map_err(|source| ServerError::Audit {
         target: match &settings.audit {
@@ -60,7 +63,7 @@ pub async fn start(settings: Settings) -> Result<RunningServer, ServerError> {
     )?;
     let metrics = Arc::new(Metrics::new());
     let client = crate::client::build(settings.server.upstream_connect_timeout);
-    let gateway = Arc::new(Gateway::new(settings.clone(), signer, audit, metrics, client));
+    let gateway = Arc::new(Gateway::new(settings.clone(), authz, signer, audit, metrics, client));
 
     let proxy_listener = bind(settings.server.listen).await?;
     let admin_listener = bind(settings.server.admin_listen).await?;

@@ -268,3 +268,79 @@ async fn serve_keeps_secrets_out_of_logs_and_audit_and_drains_on_sigterm() {
     }
     assert!(logs.contains("hfgate stopped"), "{logs}");
 }
+
+fn check_with_policy(config: &str, policy: &str) -> (bool, String) {
+    let dir = common::temp_dir("check-policy");
+    std::fs::write(dir.join("policies.cedar"), policy).expect("policy");
+    let path = dir.join("hfgate.toml");
+    std::fs::write(&path, config).expect("config");
+    let out = Command::new(BIN).args(["check", "--config"]).arg(&path).output().expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr).replace(&dir.display().to_string(), "DIR");
+    (out.status.success(), stderr)
+}
+
+#[test]
+fn check_validates_policies_against_the_schema_with_line_numbers() {
+    let config = format!("{BASE}\n[authz]\npolicy_file = \"policies.cedar\"\n");
+    let good =
+        "@id(\"ok\")\npermit (principal in Hfgate::Group::\"g\", action == Hfgate::Action::\"infer\", resource);\n";
+    let (ok, stderr) = check_with_policy(&config, good);
+    assert!(ok, "{stderr}");
+
+    let syntax = "@id(\"ok\")\npermit (principal, action, resource);\n\npermit (principal action, resource);\n";
+    let (ok, stderr) = check_with_policy(&config, syntax);
+    assert!(!ok);
+    assert!(stderr.contains("DIR/policies.cedar:4: policy:"), "{stderr}");
+
+    let unknown_attr = "permit (principal, action, resource);\n\n@id(\"bad\")\npermit (principal, action, resource)\nwhen { principal.department == \"ml\" };\n";
+    let (ok, stderr) = check_with_policy(&config, unknown_attr);
+    assert!(!ok);
+    assert!(stderr.contains("DIR/policies.cedar:5: policy bad:"), "{stderr}");
+
+    let bad_rule = format!("{BASE}\n[[allow]]\ngroups = [\"g\"]\nroutes = [\"nope\"]\nactions = [\"fly\"]\n");
+    let (ok, _, stderr) = check(&bad_rule);
+    assert!(!ok);
+    assert!(stderr.contains("hfgate.toml:19: allow[0].routes: unknown route \"nope\""), "{stderr}");
+    assert!(stderr.contains("hfgate.toml:20: allow[0].actions: unknown action \"fly\""), "{stderr}");
+    let quoted = format!("{BASE}\n[[allow]]\nmodels = [\"a\\\" || true || \\\"\"]\n");
+    let (ok, _, stderr) = check(&quoted);
+    assert!(!ok, "a value that could change a compiled rule's meaning is refused");
+    assert!(stderr.contains("allow[0].models"), "{stderr}");
+}
+
+#[test]
+fn explain_traces_an_allowed_and_a_refused_request() {
+    let dir = common::temp_dir("explain");
+    let config = format!(
+        "{}\n[[allow]]\ngroups = [\"ml-research\"]\nmodels = [\"meta-llama/*\"]\n",
+        BASE.replace("api = \"tgi\"", "api = \"tgi\"\nmodel = \"meta-llama/Llama-3.1-8B-Instruct\"")
+    );
+    std::fs::write(dir.join("hfgate.toml"), &config).expect("config");
+    let now = hfgate::jose::unix_now();
+    let claims = |groups: &str| {
+        format!(
+            r#"{{"iss":"https://idp.example.com","sub":"alice","aud":"hfgate","exp":{},"groups":{groups}}}"#,
+            now + 600
+        )
+    };
+    let run = |claims: String| {
+        std::fs::write(dir.join("claims.json"), claims).expect("claims");
+        let out = Command::new(BIN)
+            .args(["explain", "--config"])
+            .arg(dir.join("hfgate.toml"))
+            .arg("--claims")
+            .arg(dir.join("claims.json"))
+            .args(["--method", "POST", "--url", "http://gate/llama/v1/chat/completions"])
+            .output()
+            .expect("run");
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (code, allowed) = run(claims(r#"["ml-research"]"#));
+    assert_eq!(code, Some(0), "{allowed}");
+    assert!(allowed.contains("action: infer  model: meta-llama/Llama-3.1-8B-Instruct"), "{allowed}");
+    assert!(allowed.contains("decision: ALLOW") && allowed.contains("determining policies: allow[0]"), "{allowed}");
+    let (code, refused) = run(claims(r#"["support"]"#));
+    assert_eq!(code, Some(2), "{refused}");
+    assert!(refused.contains("decision: DENY"), "{refused}");
+    assert!(refused.contains("reason: no policy permits infer on meta-llama/Llama-3.1-8B-Instruct"), "{refused}");
+}

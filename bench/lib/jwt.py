@@ -11,7 +11,8 @@ writes:
     DIR/keys/{rs256,es256}.pub.pem   public keys (PEM, for HAProxy's jwt_verify)
     DIR/jwks.json                    both public keys as a JWK Set (for hfgate)
     DIR/tokens/<alg>-<kind>.jwt      one token per algorithm and kind:
-        valid      the token every benchmark request carries
+        valid      the token every benchmark request carries (groups = ["bench"])
+        nobody     the valid token's claims with groups = ["nobody"] (no rule permits it)
         expired    exp one hour in the past
         wrong-aud  aud is not the configured audience
         wrong-iss  iss is not the configured issuer
@@ -149,9 +150,13 @@ def setup(directory: str, iss: str, aud: str, lifetime: int) -> None:
         pub_der = openssl("pkey", "-pubin", "-outform", "DER", stdin=pub_pem)
         jwks["keys"].append(rsa_jwk(pub_der, kid) if alg == "RS256" else ec_jwk(pub_der, kid))
 
-        base = {"iss": iss, "sub": "bench-user", "aud": aud, "iat": now, "exp": now + lifetime}
+        # groups: what hfgate's rules match (its issuer's groups_claim, default "groups");
+        # HAProxy ignores it.
+        base = {"iss": iss, "sub": "bench-user", "aud": aud, "iat": now, "exp": now + lifetime,
+                "groups": ["bench"]}
         variants = {
             "valid": base,
+            "nobody": dict(base, groups=["nobody"]),
             "expired": dict(base, iat=now - 7200, exp=now - 3600),
             "wrong-aud": dict(base, aud="someone-else"),
             "wrong-iss": dict(base, iss="https://not-the-issuer.example"),

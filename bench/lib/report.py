@@ -9,7 +9,11 @@ import csv
 import statistics
 import sys
 
-ORDER = ["direct", "nginx", "haproxy-rs256", "haproxy-es256", "hfgate-rs256", "hfgate-es256"]
+ORDER = ["direct", "nginx", "haproxy-rs256", "haproxy-es256", "hfgate-rs256", "hfgate-es256",
+         "hfgate-5rules", "hfgate-500rules"]
+RULE_TARGETS = ("hfgate-5rules", "hfgate-500rules")
+# (subject, other): the smallest req/s ratio the project requires.
+REQUIREMENTS = {("hfgate-500rules", "hfgate-5rules"): 0.90}
 
 
 def num(value):
@@ -26,6 +30,7 @@ def load(path):
             row["round"] = int(row["round"])
             requests, duration = num(row["requests"]), num(row["duration_us"])
             row["rps"] = requests / (duration / 1e6) if requests is not None and duration else None
+            row["note"] = (row.get("note") or "").replace("|", "\\|")  # keeps the markdown table whole
             rows.append(row)
     return rows
 
@@ -108,8 +113,18 @@ def main():
         alg = subject.split("-")[1]
         others = [f"haproxy-{alg}", "nginx", "direct"] + [
             t for t in measured_targets
-            if t.startswith(("haproxy-", "hfgate-")) and t not in (subject, f"haproxy-{alg}")]
+            if t.startswith(("haproxy-", "hfgate-")) and t not in (subject, f"haproxy-{alg}") + RULE_TARGETS]
         pairs += [(subject, o, o == f"haproxy-{alg}") for o in others if o in measured_targets]
+    # Authorization rules (RS256 token): 500 against 5 rules is the headline, then what the rules
+    # (with their 40 extra routes) cost against no rules, and where that leaves hfgate next to HAProxy.
+    small, large = RULE_TARGETS
+    rule_pairs = [(large, small, True), (small, "hfgate-rs256", False), (large, "hfgate-rs256", False),
+                  (small, "haproxy-rs256", False), (large, "haproxy-rs256", False)]
+    pairs += [(a, b, h) for a, b, h in rule_pairs if a in measured_targets and b in measured_targets]
+    # A required ratio whose targets did not both measure still gets its row, saying so.
+    for (a, b) in REQUIREMENTS:
+        if (a in targets or b in targets) and not any(p[:2] == (a, b) for p in pairs):
+            pairs.append((a, b, True))
     if not pairs:
         # Without hfgate, still show how the peers relate to the plain proxy and to the upstream.
         peers = [t for t in measured_targets if t.startswith("haproxy-")]
@@ -120,17 +135,25 @@ def main():
         w("Ratios (same round; " + ("median over rounds; " if spread else "")
           + "req/s above 1 = the first is faster, latency below 1 = the first answers sooner):")
         w("")
-        w("| comparison | req/s ratio | p50 ratio | p99 ratio |")
-        w("|---|---:|---:|---:|")
+        required = any(p[:2] in REQUIREMENTS for p in pairs)
+        w("| comparison | req/s ratio | p50 ratio | p99 ratio |" + (" requirement |" if required else ""))
+        w("|---|---:|---:|---:|" + ("---|" if required else ""))
         for subject, other, headline in pairs:
             got = ratio_rows(rows, subject, other)
             label = f"{subject} / {other}"
             label = f"**{label}**" if headline else label
+            minimum = REQUIREMENTS.get((subject, other))
             if not got:
-                w(f"| {label} | – | – | – |")
+                verdict = f" req/s ≥ {minimum:.2f}: not measured |" if minimum else " |"
+                w(f"| {label} | – | – | – |" + (verdict if required else ""))
                 continue
             rps, p50, p99 = (statistics.median(g[i] for g in got) for i in range(3))
-            w(f"| {label} | {rps:.2f} | {p50:.2f} | {p99:.2f} |")
+            verdict = ""
+            if minimum:
+                verdict = f" req/s ≥ {minimum:.2f}: **{'met' if rps >= minimum else 'NOT MET'}** |"
+            elif required:
+                verdict = " |"
+            w(f"| {label} | {rps:.2f} | {p50:.2f} | {p99:.2f} |" + verdict)
         w("")
 
     if measured_targets or any(r["status"] == "invalid" for r in rows):

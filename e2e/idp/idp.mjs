@@ -14,8 +14,9 @@
 // every key in FILE are published at the provider's jwks endpoint.
 //
 // Clients (grant client_credentials only):
-//   ci-bot    / ci-bot-secret     client_secret_post   resource urn:hfgate
-//   other-app / other-app-secret  client_secret_basic  resource urn:other
+//   ci-bot      / ci-bot-secret       client_secret_post   resource urn:hfgate  groups ci, ml-research
+//   support-bot / support-bot-secret  client_secret_basic  resource urn:hfgate  groups support
+//   other-app   / other-app-secret    client_secret_basic  resource urn:other
 // A client asking for a resource it is not registered for gets invalid_target.
 // stderr has one line per request ("idp: GET /jwks 200"), so that a test can
 // count the JWKS fetches a relying party makes.
@@ -36,7 +37,7 @@ const ALGS = new Set(['ES256', 'ES384', 'RS256', 'PS256', 'EdDSA']);
 
 // Resource servers (RFC 8707 resource indicators) and who may ask for them.
 const RESOURCE_SERVERS = {
-  'urn:hfgate': { scope: 'infer', clients: ['ci-bot'] },
+  'urn:hfgate': { scope: 'infer', clients: ['ci-bot', 'support-bot'] },
   'urn:other': { scope: 'read', clients: ['other-app'] },
 };
 
@@ -45,6 +46,7 @@ const RESOURCE_SERVERS = {
 // client-credentials JWT access tokens (RFC 9068).
 const EXTRA_CLAIMS = {
   'ci-bot': { groups: ['ci', 'ml-research'] },
+  'support-bot': { groups: ['support'] },
 };
 
 function fail(message) {
@@ -155,6 +157,15 @@ async function serve(argv) {
         response_types: [],
         redirect_uris: [],
         token_endpoint_auth_method: 'client_secret_post',
+        scope: 'infer',
+      },
+      {
+        client_id: 'support-bot',
+        client_secret: 'support-bot-secret',
+        grant_types: ['client_credentials'],
+        response_types: [],
+        redirect_uris: [],
+        token_endpoint_auth_method: 'client_secret_basic',
         scope: 'infer',
       },
       {

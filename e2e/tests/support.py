@@ -304,15 +304,20 @@ class Upstream:
     proc: Proc
 
 
-def start_mock_upstream(procs: Procs, binary: Path, chunk_delay: str = CHUNK_DELAY) -> Upstream:
+def start_mock_upstream(
+    procs: Procs, binary: Path, chunk_delay: str = CHUNK_DELAY, expect_credential: bool = False
+) -> Upstream:
+    """`hfgate mock-upstream` (model shapes, `/echo` and a Hub-shaped API) on a free port.
+
+    With `expect_credential`, it refuses (401) any request not carrying `Authorization: Bearer $HF_TOKEN`.
+    """
     require_subcommand(binary, "mock-upstream")
     for _attempt in range(3):
         port = free_port()
-        proc = procs.start(
-            "mock-upstream",
-            [binary, "mock-upstream", "--listen", f"127.0.0.1:{port}", "--chunk-delay", chunk_delay],
-            env=hfgate_env(),
-        )
+        argv = [binary, "mock-upstream", "--listen", f"127.0.0.1:{port}", "--chunk-delay", chunk_delay]
+        if expect_credential:
+            argv += ["--expect-credential-env", "HF_TOKEN"]
+        proc = procs.start("mock-upstream", argv, env=hfgate_env())
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline and proc.alive():

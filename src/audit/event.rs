@@ -4,6 +4,8 @@
 use serde::Serialize;
 
 use crate::authn::{Identity, IdentityKind};
+use crate::classify::Action;
+pub use crate::classify::ModelRef;
 
 #[derive(Debug, Serialize)]
 pub struct AuditEvent<'a> {
@@ -20,7 +22,7 @@ pub struct AuditEvent<'a> {
     pub bytes_out: u64,
     pub identity: Option<IdentityRecord<'a>>,
     pub model: Option<&'a ModelRef>,
-    pub action: Option<&'a str>,
+    pub action: Option<Action>,
     pub decision: &'a Decision,
     pub usage: Option<&'a Usage>,
     pub upstream: Option<&'a str>,
@@ -50,27 +52,24 @@ impl<'a> From<&'a Identity> for IdentityRecord<'a> {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
-pub struct ModelRef {
-    pub id: Option<String>,
-    pub revision: Option<String>,
-    pub provider: Option<String>,
-}
-
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Decision {
     pub allow: bool,
+    /// Ids of the determining policies.
     pub policies: Vec<String>,
     pub reason: String,
+    /// Digest of the compiled policy set that decided (absent before authorization ran).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy_set: Option<std::sync::Arc<str>>,
 }
 
 impl Decision {
     pub fn allow(reason: impl Into<String>) -> Decision {
-        Decision { allow: true, policies: Vec::new(), reason: reason.into() }
+        Decision { allow: true, policies: Vec::new(), reason: reason.into(), policy_set: None }
     }
 
     pub fn deny(reason: impl Into<String>) -> Decision {
-        Decision { allow: false, policies: Vec::new(), reason: reason.into() }
+        Decision { allow: false, policies: Vec::new(), reason: reason.into(), policy_set: None }
     }
 }
 

@@ -22,7 +22,51 @@ pub struct Settings {
     pub audit: AuditTarget,
     pub issuers: Vec<IssuerSettings>,
     pub routes: Vec<RouteSettings>,
+    pub authz: AuthzSettings,
 }
+
+/// Authorization: shorthand rules and an optional Cedar policy file. With neither, every verified
+/// identity may use every route (authentication only); once any policy exists, what none permits is refused.
+#[derive(Debug, Clone, Default)]
+pub struct AuthzSettings {
+    pub policy_file: Option<PolicyFile>,
+    pub decision_cache: bool,
+    pub rules: Vec<RuleSettings>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PolicyFile {
+    pub path: PathBuf,
+    pub text: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleEffect {
+    Allow,
+    Deny,
+}
+
+/// One `[[allow]]` or `[[deny]]` table. An empty list means "any".
+#[derive(Debug, Clone)]
+pub struct RuleSettings {
+    /// `allow[0]`, `deny[2]`: the policy id in decisions and the audit.
+    pub id: String,
+    pub effect: RuleEffect,
+    /// Where the rule's table starts in the config file.
+    pub line: usize,
+    pub groups: Vec<String>,
+    pub users: Vec<String>,
+    pub issuers: Vec<String>,
+    pub routes: Vec<String>,
+    pub models: Vec<String>,
+    pub datasets: Vec<String>,
+    pub spaces: Vec<String>,
+    pub actions: Vec<String>,
+    pub bill_to: Option<String>,
+}
+
+/// The actions a request can be classified as.
+pub const ACTION_NAMES: [&str; 7] = ["infer", "embed", "list", "metadata", "download", "read", "write"];
 
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
@@ -195,6 +239,10 @@ pub struct RouteSettings {
     pub timeout: Duration,
     /// Between two chunks of a response body; streams have no total timeout.
     pub idle_timeout: Duration,
+    /// The organisation billed (`X-HF-Bill-To`) when no rule names one.
+    pub bill_to: Option<String>,
+    /// How much of a request body hfgate reads when the model lives in the body (openai, router).
+    pub max_body_peek: usize,
 }
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -257,7 +305,8 @@ pub(super) fn validate(src: &mut Source<'_>, raw: RawConfig, base_dir: &Path) ->
         }
     }
 
-    Some(Settings { source: src.file.clone().into(), server: server?, audit: audit?, issuers, routes })
+    let authz = validate_authz(src, &raw, base_dir, &issuers, &routes);
+    Some(Settings { source: src.file.clone().into(), server: server?, audit: audit?, issuers, routes, authz: authz? })
 }
 
 fn validate_server(src: &mut Source<'_>, raw: &RawConfig) -> Option<ServerSettings> {
@@ -599,7 +648,24 @@ fn validate_route(
             src.issue(f.span().start, format!("{key}.{name}"), "must be positive");
         }
     }
+    let bill_to = match &raw.bill_to {
+        Some(value) => src
+            .text(value, &format!("{key}.bill_to"))
+            .and_then(|v| policy_text(src, value, &format!("{key}.bill_to"), v))
+            .map(Some),
+        None => Some(None),
+    };
+    let max_body_peek = match &raw.max_body_peek {
+        Some(v) if (1..=64 * 1024 * 1024).contains(v.get_ref()) => Some(*v.get_ref() as usize),
+        Some(v) => {
+            src.issue(v.span().start, format!("{key}.max_body_peek"), "must be between 1 and 67108864 bytes");
+            None
+        }
+        None => Some(4 * 1024 * 1024),
+    };
     Some(RouteSettings {
+        bill_to: bill_to?,
+        max_body_peek: max_body_peek?,
         name: name?,
         prefix: prefix?,
         upstream: upstream?,
@@ -610,6 +676,144 @@ fn validate_route(
         timeout: timeout?,
         idle_timeout: idle_timeout?,
     })
+}
+
+fn validate_authz(
+    src: &mut Source<'_>,
+    raw: &RawConfig,
+    base_dir: &Path,
+    issuers: &[IssuerSettings],
+    routes: &[RouteSettings],
+) -> Option<AuthzSettings> {
+    let mut ok = true;
+    let authz = raw.authz.as_ref().map(Spanned::get_ref);
+    let policy_file = match authz.and_then(|a| a.policy_file.as_ref()) {
+        Some(value) => match src.text(value, "authz.policy_file") {
+            Some(p) => {
+                let path = resolve(base_dir, &p);
+                match std::fs::read_to_string(&path) {
+                    Ok(text) => Some(PolicyFile { path, text }),
+                    Err(e) => {
+                        src.issue(
+                            value.span().start,
+                            "authz.policy_file",
+                            format!("cannot read {}: {e}", path.display()),
+                        );
+                        ok = false;
+                        None
+                    }
+                }
+            }
+            None => {
+                ok = false;
+                None
+            }
+        },
+        None => None,
+    };
+    let decision_cache = authz.and_then(|a| a.decision_cache.as_ref()).map(|b| *b.get_ref()).unwrap_or(true);
+    let mut rules = Vec::new();
+    for (effect, list, table) in [(RuleEffect::Allow, &raw.allow, "allow"), (RuleEffect::Deny, &raw.deny, "deny")] {
+        for (index, rule) in list.iter().enumerate() {
+            let key = format!("{table}[{index}]");
+            match validate_rule(src, rule, &key, effect, issuers, routes) {
+                Some(rule) => rules.push(rule),
+                None => ok = false,
+            }
+        }
+    }
+    rules.sort_by_key(|r| r.line);
+    ok.then_some(AuthzSettings { policy_file, decision_cache, rules })
+}
+
+fn validate_rule(
+    src: &mut Source<'_>,
+    rule: &Spanned<super::RawRule>,
+    key: &str,
+    effect: RuleEffect,
+    issuers: &[IssuerSettings],
+    routes: &[RouteSettings],
+) -> Option<RuleSettings> {
+    let raw = rule.get_ref();
+    let mut ok = true;
+    let mut list =
+        |src: &mut Source<'_>, values: &Option<Vec<Text>>, field: &str, allowed: Option<&[&str]>| -> Vec<String> {
+            let mut out = Vec::new();
+            for value in values.iter().flatten() {
+                let field_key = format!("{key}.{field}");
+                let Some(text) = src.text(value, &field_key).and_then(|t| policy_text(src, value, &field_key, t))
+                else {
+                    ok = false;
+                    continue;
+                };
+                if let Some(allowed) = allowed
+                    && !allowed.contains(&text.as_str())
+                {
+                    src.issue(
+                        value.span().start,
+                        field_key,
+                        format!("unknown {} {text:?}: expected one of {allowed:?}", field.trim_end_matches('s')),
+                    );
+                    ok = false;
+                    continue;
+                }
+                out.push(text);
+            }
+            out
+        };
+    let issuer_names: Vec<&str> = issuers.iter().map(|i| i.name.as_str()).collect();
+    let route_names: Vec<&str> = routes.iter().map(|r| r.name.as_str()).collect();
+    let groups = list(src, &raw.groups, "groups", None);
+    let users = list(src, &raw.users, "users", None);
+    let issuers = list(src, &raw.issuers, "issuers", Some(&issuer_names));
+    let routes = list(src, &raw.routes, "routes", Some(&route_names));
+    let models = list(src, &raw.models, "models", None);
+    let datasets = list(src, &raw.datasets, "datasets", None);
+    let spaces = list(src, &raw.spaces, "spaces", None);
+    let actions = list(src, &raw.actions, "actions", Some(&ACTION_NAMES));
+    let bill_to = match &raw.bill_to {
+        Some(value) if effect == RuleEffect::Deny => {
+            src.issue(value.span().start, format!("{key}.bill_to"), "bill_to belongs on [[allow]] rules");
+            ok = false;
+            None
+        }
+        Some(value) => {
+            let field_key = format!("{key}.bill_to");
+            let text = src.text(value, &field_key).and_then(|t| policy_text(src, value, &field_key, t));
+            ok &= text.is_some();
+            text
+        }
+        None => None,
+    };
+    let line = src.line_of(rule.span().start);
+    ok.then(|| RuleSettings {
+        id: key.to_string(),
+        effect,
+        line,
+        groups,
+        users,
+        issuers,
+        routes,
+        models,
+        datasets,
+        spaces,
+        actions,
+        bill_to,
+    })
+}
+
+/// Values that end up inside Cedar string literals: no quotes, backslashes or control characters, so
+/// compiling a rule can never change its meaning.
+fn policy_text(src: &mut Source<'_>, value: &Text, key: &str, text: String) -> Option<String> {
+    if text.is_empty() || text.chars().any(|c| c == '"' || c == '\\' || c.is_control()) {
+        src.issue(
+            value.span().start,
+            key,
+            format!("{text:?} must be non-empty, without quotes, backslashes or control characters"),
+        );
+        return None;
+    }
+    Some(text)
 }
 
 fn credential(src: &mut Source<'_>, value: &Text, key: &str, spec: &str, base_dir: &Path) -> Option<Credential> {

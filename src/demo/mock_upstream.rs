@@ -87,6 +87,7 @@ pub fn router(chunk_delay: Duration, expect_authorization: Option<String>) -> Ro
         .route("/echo/{*rest}", any(echo))
         .route("/mock/slow-headers", get(slow_headers))
         .route("/mock/stall-body", get(stall_body))
+        .merge(super::mock_hub::router())
         .layer(axum::middleware::from_fn_with_state(state.clone(), require_credential))
         .with_state(state)
 }

@@ -22,7 +22,8 @@ const HOP_BY_HOP: [&str; 9] = [
 ];
 
 /// Headers only hfgate may set upstream.
-const SPOOFABLE: [&str; 9] = [
+const SPOOFABLE: [&str; 10] = [
+    "x-hf-bill-to",
     "authorization",
     "x-forwarded-user",
     "x-forwarded-email",
@@ -42,6 +43,8 @@ pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-p
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const X_HFGATE_ASSERTION: HeaderName = HeaderName::from_static("x-hfgate-assertion");
+/// Which organisation Hugging Face bills; set only from policy, never passed through unchecked.
+pub const X_HF_BILL_TO: HeaderName = HeaderName::from_static("x-hf-bill-to");
 
 /// Names listed in `Connection` (lowercased), which are hop-by-hop for this message.
 fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
@@ -68,6 +71,7 @@ pub struct UpstreamIdentity<'a> {
     pub peer: SocketAddr,
     pub proto: &'static str,
     pub trust_forwarded: bool,
+    pub bill_to: Option<HeaderValue>,
 }
 
 /// Builds the upstream request's headers from the client's.
@@ -103,6 +107,9 @@ pub fn upstream_headers(client: &HeaderMap, up: UpstreamIdentity<'_>) -> HeaderM
     }
     if let Some(assertion) = up.assertion {
         out.insert(X_HFGATE_ASSERTION, assertion);
+    }
+    if let Some(org) = up.bill_to {
+        out.insert(X_HF_BILL_TO, org);
     }
     if let Ok(id) = HeaderValue::from_str(up.request_id) {
         out.insert(X_REQUEST_ID, id);
@@ -185,6 +192,7 @@ mod tests {
                 peer: "10.1.2.3:5555".parse().expect("addr"),
                 proto: "http",
                 trust_forwarded: false,
+                bill_to: None,
             },
         );
         assert_eq!(out[header::AUTHORIZATION], "Bearer hf_org");
@@ -216,6 +224,7 @@ mod tests {
                 peer: "10.1.2.3:5555".parse().expect("addr"),
                 proto: "https",
                 trust_forwarded: true,
+                bill_to: None,
             },
         );
         assert_eq!(out["x-forwarded-for"], "1.2.3.4, 10.1.2.3");

@@ -42,6 +42,8 @@ pub struct Options {
     pub route_extra: String,
     /// Whole extra tables appended at the end (more routes or issuers).
     pub tail: String,
+    /// More tables that need the mock upstream's address (`host:port`).
+    pub extra_routes: Option<fn(&str) -> String>,
     pub alg: Algorithm,
     pub chunk_delay: Duration,
     pub credential: Option<String>,
@@ -53,6 +55,7 @@ impl Default for Options {
             issuer_extra: "jwks_refetch_min_interval = \"1s\"".to_string(),
             route_extra: String::new(),
             tail: String::new(),
+            extra_routes: None,
             alg: Algorithm::ES256,
             chunk_delay: Duration::from_millis(0),
             credential: None,
@@ -69,6 +72,7 @@ pub struct Stack {
 }
 
 pub fn config_text(issuer: &DevIssuer, upstream: SocketAddr, dir: &Path, options: &Options) -> String {
+    let extra = options.extra_routes.map(|f| f(&upstream.to_string())).unwrap_or_default();
     let credential = options.credential.clone().unwrap_or_else(|| {
         let path = dir.join("hf_token");
         std::fs::write(&path, format!("{ORG_SECRET}\n")).expect("credential file");
@@ -106,7 +110,7 @@ strip_prefix = true
         iss = issuer.issuer(),
         issuer_extra = options.issuer_extra,
         route_extra = options.route_extra,
-        tail = options.tail,
+        tail = extra + "\n" + &options.tail,
     )
 }
 
