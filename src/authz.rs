@@ -62,6 +62,8 @@ pub struct Authorizer {
     /// Rule id → bill_to, in config order.
     bill_to_rules: Vec<(String, String)>,
     route_bill_to: Vec<Option<String>>,
+    /// Per route, the answer when no policy is configured (built once, shared by every request).
+    unconfigured: Vec<Arc<Verdict>>,
     policy_hash: Arc<str>,
     cache: Option<Cache<CacheKey, Arc<Verdict>>>,
     engine: CedarAuthorizer,
@@ -314,8 +316,20 @@ impl Authorizer {
         let policy_hash: String = digest.as_ref()[..16].iter().map(|b| format!("{b:02x}")).collect();
         let bill_to_rules =
             authz.rules.iter().filter_map(|r| r.bill_to.as_ref().map(|org| (r.id.clone(), org.clone()))).collect();
+        let unconfigured = route_bill
+            .iter()
+            .map(|bill_to| {
+                Arc::new(Verdict {
+                    allow: true,
+                    policies: Vec::new(),
+                    reason: "no policies configured".to_string(),
+                    bill_to: bill_to.clone(),
+                })
+            })
+            .collect();
         Ok(Authorizer {
             enabled,
+            unconfigured,
             schema,
             per_route,
             bill_to_rules,
@@ -339,13 +353,10 @@ impl Authorizer {
     /// May this caller do the classified action on this route?
     pub fn decide(&self, token: [u8; 32], question: &Question<'_>) -> Arc<Verdict> {
         let action = question.classified.action;
-        if !self.enabled {
-            return Arc::new(Verdict {
-                allow: true,
-                policies: Vec::new(),
-                reason: "no policies configured".to_string(),
-                bill_to: self.route_bill_to.get(question.route.index).cloned().flatten(),
-            });
+        if !self.enabled
+            && let Some(verdict) = self.unconfigured.get(question.route.index)
+        {
+            return verdict.clone();
         }
         let key = CacheKey {
             token,

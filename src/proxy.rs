@@ -128,8 +128,14 @@ impl Exchange {
         if err.error == "invalid_token" || err.reason == "keys_unavailable" {
             gateway.metrics.auth_failure(err.reason);
         }
-        if !self.decision.allow {
-            self.decision.reason = err.reason.to_string();
+        match err.status {
+            // The policy's own reason is already recorded; an upstream failure leaves the decision standing.
+            http::StatusCode::FORBIDDEN | http::StatusCode::BAD_GATEWAY | http::StatusCode::GATEWAY_TIMEOUT => {}
+            _ => {
+                self.decision.allow = false;
+                self.decision.policies.clear();
+                self.decision.reason = err.reason.to_string();
+            }
         }
         let error = self.error.take().unwrap_or_else(|| err.description.clone());
         let response = err.into_response(&self.request_id);
@@ -237,9 +243,11 @@ async fn pipeline(
     }
     let bill_to = match parts.headers.get(headers::X_HF_BILL_TO) {
         Some(value) => {
-            let org = value
-                .to_str()
-                .map_err(|_| HttpError::forbidden("X-HF-Bill-To is not a valid organisation name".into()))?;
+            let Ok(org) = value.to_str() else {
+                let reason = "X-HF-Bill-To is not a valid organisation name".to_string();
+                exchange.decision = Decision::deny(reason.clone());
+                return Err(HttpError::forbidden(reason));
+            };
             let billing = gateway.authz.may_bill(digest, &question, org);
             if !billing.allow {
                 exchange.decision.allow = false;

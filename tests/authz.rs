@@ -212,7 +212,9 @@ async fn refusals_are_403_insufficient_scope_naming_action_and_model() {
     assert!(hash.starts_with("sha256:") && hash.len() == 39, "{hash}");
     let denied: Vec<&Value> = audit.iter().filter(|l| l["status"] == 403).collect();
     assert_eq!(denied.len(), 2);
-    assert!(denied.iter().any(|l| l["decision"]["policies"] == json!(["deny[0]"])));
+    assert!(denied.iter().any(|l| l["decision"]["policies"] == json!(["deny[0]"])
+        && l["decision"]["reason"] == "deny[0] forbids infer on meta-llama/Llama-3.1-8B"));
+    assert!(denied.iter().any(|l| l["decision"]["reason"] == "no policy permits infer on mistralai/Mistral-7B"));
 }
 
 #[tokio::test]
