@@ -17,6 +17,19 @@ async fn refused(stack: &Stack, token: &str) -> String {
     reply.description()
 }
 
+/// A valid token for alice with some claims replaced (`null` removes a claim).
+fn patched_token(stack: &Stack, patch: Value) -> String {
+    let mut claims = stack.issuer.claims("alice", &[], Duration::from_secs(600));
+    for (k, v) in patch.as_object().expect("object") {
+        if v.is_null() {
+            claims.as_object_mut().expect("object").remove(k);
+        } else {
+            claims[k] = v.clone();
+        }
+    }
+    stack.issuer.mint(&claims)
+}
+
 fn unsigned(header: Value, claims: Value, signature: &str) -> String {
     format!("{}.{}.{}", b64url(header.to_string()), b64url(claims.to_string()), signature)
 }
@@ -87,17 +100,7 @@ async fn signatures_must_come_from_the_issuers_key() {
 async fn time_claims_are_enforced_with_leeway() {
     let stack = Stack::start().await;
     let now = unix_now();
-    let mint = |patch: Value| {
-        let mut claims = stack.issuer.claims("alice", &[], Duration::from_secs(600));
-        for (k, v) in patch.as_object().expect("object") {
-            if v.is_null() {
-                claims.as_object_mut().expect("object").remove(k);
-            } else {
-                claims[k] = v.clone();
-            }
-        }
-        stack.issuer.mint(&claims)
-    };
+    let mint = |patch: Value| patched_token(&stack, patch);
     // Seconds may tick between minting and checking: compare the shape, not the exact count.
     let shaped = |text: String, head: &str, tail: &str| {
         assert!(text.starts_with(head) && text.ends_with(tail), "{text:?} is not {head}N{tail}");
@@ -129,17 +132,7 @@ async fn time_claims_are_enforced_with_leeway() {
 #[tokio::test]
 async fn issuer_audience_and_subject_are_enforced() {
     let stack = Stack::start().await;
-    let with = |patch: Value| {
-        let mut claims = stack.issuer.claims("alice", &[], Duration::from_secs(600));
-        for (k, v) in patch.as_object().expect("object") {
-            if v.is_null() {
-                claims.as_object_mut().expect("object").remove(k);
-            } else {
-                claims[k] = v.clone();
-            }
-        }
-        stack.issuer.mint(&claims)
-    };
+    let with = |patch: Value| patched_token(&stack, patch);
     let iss_error = refused(&stack, &with(json!({"iss": "https://evil.example"}))).await;
     assert_eq!(iss_error, format!("iss is not a configured issuer: expected one of [{}]", stack.issuer.issuer()));
     assert_eq!(refused(&stack, &with(json!({"iss": null}))).await, "missing iss claim");
