@@ -159,14 +159,16 @@ fn truncate(text: &str, max: usize) -> &str {
 /// A request id: 32 random bits chosen at start, then a per-process counter run through a bijective
 /// mix, so ids are unique without a random draw per request, and do not look sequential.
 fn request_id() -> String {
-    static SALT: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    static SALT: std::sync::OnceLock<(u32, u64)> = std::sync::OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let salt = *SALT.get_or_init(|| {
-        let mut bytes = [0u8; 4];
+    let (salt, offset) = *SALT.get_or_init(|| {
+        let mut bytes = [0u8; 12];
         let _ = aws_lc_rs::rand::fill(&mut bytes);
-        u32::from_be_bytes(bytes)
+        let (a, b) = bytes.split_at(4);
+        (u32::from_be_bytes(a.try_into().unwrap_or_default()), u64::from_be_bytes(b.try_into().unwrap_or_default()))
     });
-    let mut x = COUNTER.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    // Adding a constant, multiplying by an odd one and xor-shifting are all bijections on u64: unique ids.
+    let mut x = COUNTER.fetch_add(1, Ordering::Relaxed).wrapping_add(offset).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     x ^= x >> 32;
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut id = String::with_capacity(24);
