@@ -65,9 +65,6 @@ pub struct RuleSettings {
     pub bill_to: Option<String>,
 }
 
-/// The actions a request can be classified as.
-pub const ACTION_NAMES: [&str; 7] = ["infer", "embed", "list", "metadata", "download", "read", "write"];
-
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
     pub listen: SocketAddr,
@@ -770,7 +767,8 @@ fn validate_rule(
     let models = list(src, &raw.models, "models", None);
     let datasets = list(src, &raw.datasets, "datasets", None);
     let spaces = list(src, &raw.spaces, "spaces", None);
-    let actions = list(src, &raw.actions, "actions", Some(&ACTION_NAMES));
+    let action_names: Vec<&str> = crate::classify::Action::ALL.iter().map(|a| a.name()).collect();
+    let actions = list(src, &raw.actions, "actions", Some(&action_names));
     let bill_to = match &raw.bill_to {
         Some(value) if effect == RuleEffect::Deny => {
             src.issue(value.span().start, format!("{key}.bill_to"), "bill_to belongs on [[allow]] rules");
