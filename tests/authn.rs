@@ -198,6 +198,19 @@ async fn garbage_and_foreign_credentials_are_refused_without_echo() {
         .expect("req");
     assert_eq!(stack.send(two).await.description(), "more than one Authorization header");
 
+    // Refusals are counted by reason.
+    let metrics = stack.send(Request::get(stack.admin_url("/metrics")).body(Body::empty()).expect("req")).await.text();
+    for line in [
+        "hfgate_auth_failures_total{reason=\"hf_token\"} 1",
+        "hfgate_auth_failures_total{reason=\"not_bearer\"} 1",
+        "hfgate_auth_failures_total{reason=\"duplicate_authorization\"} 1",
+        "hfgate_requests_total{route=\"tgi\",status=\"401\"}",
+        "hfgate_requests_total{route=\"tgi\",status=\"200\"} 1",
+        "hfgate_upstream_latency_seconds_count{route=\"tgi\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from\n{metrics}");
+    }
+
     // Refusals are audited, without the token.
     let audit = stack.audit_at_least(9).await;
     let text = std::fs::read_to_string(stack.dir.join("audit.jsonl")).expect("audit");
