@@ -244,6 +244,19 @@ async fn upstream_down_is_502_and_slow_is_504() {
 }
 
 #[tokio::test]
+async fn bodiless_responses_are_recorded_as_complete() {
+    let stack = Stack::start().await;
+    let request = Request::head(stack.url("/tgi/echo"))
+        .header("authorization", format!("Bearer {}", stack.token("alice")))
+        .body(Body::empty())
+        .expect("req");
+    assert_eq!(stack.send(request).await.status, StatusCode::OK);
+    let audit = stack.audit_at_least(1).await;
+    assert_eq!(audit[0]["method"], "HEAD");
+    assert!(audit[0]["error"].is_null(), "a HEAD response is complete, not abandoned: {}", audit[0]);
+}
+
+#[tokio::test]
 async fn h2c_clients_are_served() {
     let stack = Stack::start().await;
     let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())

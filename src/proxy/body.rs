@@ -75,6 +75,9 @@ pub struct ObservedBody<B> {
     idle: Duration,
     deadline: Pin<Box<Sleep>>,
     on_end: Option<EndHook>,
+    /// The body had nothing to send (HEAD, 204, 304): the server may drop it unpolled, which is not the
+    /// client leaving.
+    empty: bool,
 }
 
 impl<B> std::fmt::Debug for ObservedBody<B> {
@@ -83,11 +86,15 @@ impl<B> std::fmt::Debug for ObservedBody<B> {
     }
 }
 
-impl<B> ObservedBody<B> {
+impl<B: Body> ObservedBody<B> {
     pub fn new(inner: B, tap: UsageTap, idle: Duration, on_end: EndHook) -> Self {
-        ObservedBody { inner, bytes: 0, tap, idle, deadline: Box::pin(tokio::time::sleep(idle)), on_end: Some(on_end) }
+        let empty = inner.is_end_stream();
+        let deadline = Box::pin(tokio::time::sleep(idle));
+        ObservedBody { inner, bytes: 0, tap, idle, deadline, on_end: Some(on_end), empty }
     }
+}
 
+impl<B> ObservedBody<B> {
     fn end(&mut self, error: Option<String>) {
         if let Some(hook) = self.on_end.take() {
             let usage = std::mem::take(&mut self.tap).finish();
@@ -157,7 +164,8 @@ where
 impl<B> Drop for ObservedBody<B> {
     fn drop(&mut self) {
         if self.on_end.is_some() {
-            self.end(Some("client closed the connection before the response ended".to_string()));
+            let error = (!self.empty).then(|| "client closed the connection before the response ended".to_string());
+            self.end(error);
         }
     }
 }
