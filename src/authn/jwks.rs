@@ -19,6 +19,8 @@ use crate::metrics::Metrics;
 
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
+/// Real issuers publish a handful of keys; parsing thousands would let a hostile JWKS burn CPU.
+pub const MAX_KEYS: usize = 64;
 
 /// One public key from a JWKS, pre-parsed for every algorithm it may verify.
 pub struct VerifyingKey {
@@ -77,6 +79,8 @@ pub enum JwkError {
     BadParameter(&'static str),
     #[error("key rejected by the crypto library")]
     Rejected,
+    #[error("the JWKS holds more than {MAX_KEYS} keys; the rest are ignored")]
+    TooMany,
 }
 
 impl VerifyingKey {
@@ -189,7 +193,11 @@ impl KeySet {
         let keys = doc.get("keys").and_then(Value::as_array).ok_or(JwksError::NotAJwks)?;
         let mut set =
             KeySet { by_kid: HashMap::new(), all: Vec::new(), fetched_at: Instant::now(), skipped: Vec::new() };
-        for jwk in keys {
+        for (index, jwk) in keys.iter().enumerate() {
+            if index >= MAX_KEYS {
+                set.skipped.push((None, JwkError::TooMany));
+                break;
+            }
             match VerifyingKey::from_jwk(jwk, allowed) {
                 Ok(key) => {
                     let key = Arc::new(key);
@@ -460,6 +468,21 @@ mod tests {
         assert_eq!(set.skipped.len(), 3);
         assert!(KeySet::from_jwks(&json!({"keys": []}), &Algorithm::ALL).is_err());
         assert!(KeySet::from_jwks(&json!({"nokeys": 1}), &Algorithm::ALL).is_err());
+    }
+
+    #[test]
+    fn a_huge_jwks_is_cut_at_max_keys() {
+        let jwk = SigningKey::generate(Algorithm::ES256).expect("key").public_jwk();
+        let keys: Vec<serde_json::Value> = (0..10_000)
+            .map(|i| {
+                let mut k = jwk.clone();
+                k["kid"] = json!(format!("k{i}"));
+                k
+            })
+            .collect();
+        let set = KeySet::from_jwks(&json!({ "keys": keys }), &Algorithm::ALL).expect("set");
+        assert_eq!(set.len(), MAX_KEYS);
+        assert!(matches!(set.skipped.last(), Some((None, JwkError::TooMany))));
     }
 
     #[test]
