@@ -473,7 +473,7 @@ mod tests {
     #[test]
     fn a_huge_jwks_is_cut_at_max_keys() {
         let jwk = SigningKey::generate(Algorithm::ES256).expect("key").public_jwk();
-        let keys: Vec<serde_json::Value> = (0..10_000)
+        let keys: Vec<Value> = (0..10_000)
             .map(|i| {
                 let mut k = jwk.clone();
                 k["kid"] = json!(format!("k{i}"));
