@@ -106,6 +106,8 @@ pub(crate) struct RawServer {
     pub assertion_key: Option<Text>,
     pub trust_forwarded_headers: Option<Spanned<bool>>,
     pub workers: Option<Spanned<i64>>,
+    pub header_read_timeout: Option<Text>,
+    pub max_header_bytes: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -10,6 +10,9 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use http::{StatusCode, header};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -74,10 +77,14 @@ pub async fn start(settings: Settings) -> Result<RunningServer, ServerError> {
         .map_err(|source| ServerError::Bind { addr: settings.server.admin_listen, source })?;
 
     let refreshers = gateway.authn.spawn_key_refresh();
+    let limits = Limits {
+        header_read_timeout: settings.server.header_read_timeout,
+        max_header_bytes: settings.server.max_header_bytes,
+    };
     let (stop, stopped) = watch::channel(false);
     let serving = vec![
-        serve(proxy_listener, proxy_router(gateway.clone()), stopped.clone()),
-        serve(admin_listener, admin_router(gateway.clone()), stopped),
+        serve(proxy_listener, proxy_router(gateway.clone()), stopped.clone(), limits),
+        serve(admin_listener, admin_router(gateway.clone()), stopped, limits),
     ];
     tracing::info!(proxy = %proxy_addr, admin = %admin_addr, routes = gateway.routes.len(), issuers = gateway.authn.issuers().len(), "hfgate listening");
     Ok(RunningServer { proxy_addr, admin_addr, gateway, stop, serving, refreshers })
@@ -87,15 +94,60 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
     TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })
 }
 
-fn serve(listener: TcpListener, router: Router, mut stopped: watch::Receiver<bool>) -> JoinHandle<()> {
+/// Connection limits applied to every listener.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    header_read_timeout: std::time::Duration,
+    max_header_bytes: usize,
+}
+
+/// Accepts connections (HTTP/1.1 and h2c) until told to stop, then waits for open connections to finish.
+/// Slow header senders are cut after `header_read_timeout`; oversized headers get 431.
+fn serve(listener: TcpListener, router: Router, mut stopped: watch::Receiver<bool>, limits: Limits) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let service = router.into_make_service_with_connect_info::<SocketAddr>();
-        let shutdown = async move {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_buf_size(limits.max_header_bytes);
+        builder.http2().timer(TokioTimer::new()).max_header_list_size(limits.max_header_bytes as u32);
+        let graceful = GracefulShutdown::new();
+        let stop = async move {
             let _ = stopped.wait_for(|stop| *stop).await;
         };
-        if let Err(err) = axum::serve(listener, service).with_graceful_shutdown(shutdown).await {
-            tracing::error!(%err, "listener failed");
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let (stream, peer) = match accepted {
+                        Ok(pair) => pair,
+                        Err(err) => {
+                            // Out of file descriptors and the like: back off instead of spinning.
+                            tracing::warn!(%err, "accept failed");
+                            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                            continue;
+                        }
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let router = router.clone();
+                    let service = hyper::service::service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
+                        request.extensions_mut().insert(ConnectInfo(peer));
+                        tower_service::Service::call(&mut router.clone(), request)
+                    });
+                    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+                    let connection = graceful.watch(connection);
+                    tokio::spawn(async move {
+                        if let Err(err) = connection.await {
+                            tracing::debug!(%err, %peer, "connection ended with an error");
+                        }
+                    });
+                }
+                () = &mut stop => break,
+            }
         }
+        drop(listener);
+        graceful.shutdown().await;
     })
 }
 

@@ -257,6 +257,34 @@ async fn bodiless_responses_are_recorded_as_complete() {
 }
 
 #[tokio::test]
+async fn slow_header_senders_are_cut_and_oversized_headers_get_431() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stack = Stack::start_with(Options {
+        server_extra: "header_read_timeout = \"1s\"\nmax_header_bytes = 16384".into(),
+        ..Options::default()
+    })
+    .await;
+    // A client that starts its headers and never finishes them.
+    let mut slow = tokio::net::TcpStream::connect(stack.server.proxy_addr).await.expect("connect");
+    slow.write_all(b"GET /tgi/echo HTTP/1.1\r\nHost: gate\r\nX-Partial: ").await.expect("write");
+    let started = std::time::Instant::now();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(8), slow.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the connection must be closed, not held open");
+    assert!(started.elapsed() >= Duration::from_millis(900) && started.elapsed() < Duration::from_secs(5));
+
+    // Headers larger than max_header_bytes.
+    let request = Request::get(stack.url("/tgi/echo"))
+        .header("authorization", format!("Bearer {}", stack.token("alice")))
+        .header("x-big", "a".repeat(40_000))
+        .body(Body::empty())
+        .expect("req");
+    assert_eq!(stack.send(request).await.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    // Ordinary requests still pass.
+    assert_eq!(stack.get("/tgi/echo", Some(&stack.token("alice"))).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
 async fn h2c_clients_are_served() {
     let stack = Stack::start().await;
     let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())

@@ -80,6 +80,10 @@ pub struct ServerSettings {
     pub trust_forwarded_headers: bool,
     /// Runtime worker threads; `None` = the CPUs this process may run on.
     pub workers: Option<usize>,
+    /// How long a client may take to send a request's headers (slow clients hold connections otherwise).
+    pub header_read_timeout: Duration,
+    /// The most header bytes a request may carry; larger ones get 431.
+    pub max_header_bytes: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -353,6 +357,20 @@ fn validate_server(src: &mut Source<'_>, raw: &RawConfig) -> Option<ServerSettin
         Some(value) => src.text(value, "server.assertion_key").map(|p| Some(PathBuf::from(p))),
         None => Some(None),
     };
+    let header_read_timeout = duration(src, &server.header_read_timeout, "server.header_read_timeout", 10);
+    if let (Some(d), Some(field)) = (header_read_timeout, &server.header_read_timeout)
+        && d.is_zero()
+    {
+        src.issue(field.span().start, "server.header_read_timeout", "must be positive");
+    }
+    let max_header_bytes = match &server.max_header_bytes {
+        Some(v) if (8192..=1024 * 1024).contains(v.get_ref()) => Some(*v.get_ref() as usize),
+        Some(v) => {
+            src.issue(v.span().start, "server.max_header_bytes", "must be between 8192 and 1048576");
+            None
+        }
+        None => Some(64 * 1024),
+    };
     let workers = match &server.workers {
         Some(w) if (1..=1024).contains(w.get_ref()) => Some(Some(*w.get_ref() as usize)),
         Some(w) => {
@@ -371,6 +389,8 @@ fn validate_server(src: &mut Source<'_>, raw: &RawConfig) -> Option<ServerSettin
         assertion_key: assertion_key?,
         trust_forwarded_headers: server.trust_forwarded_headers.as_ref().map(|b| *b.get_ref()).unwrap_or(false),
         workers: workers?,
+        header_read_timeout: header_read_timeout?,
+        max_header_bytes: max_header_bytes?,
     })
 }
 

@@ -36,6 +36,8 @@ pub fn temp_dir(tag: &str) -> PathBuf {
 /// Knobs for the generated config.
 #[derive(Debug, Clone)]
 pub struct Options {
+    /// Extra TOML lines inside the `[server]` table.
+    pub server_extra: String,
     /// Extra TOML lines inside the `[[issuer]]` table.
     pub issuer_extra: String,
     /// Extra TOML lines inside the main `[[route]]` table.
@@ -52,6 +54,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
+            server_extra: String::new(),
             issuer_extra: "jwks_refetch_min_interval = \"1s\"".to_string(),
             route_extra: String::new(),
             tail: String::new(),
@@ -85,6 +88,7 @@ listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
 public_url = "http://hfgate.test"
 shutdown_grace = "5s"
+{server_extra}
 
 [audit]
 path = "{audit}"
@@ -108,6 +112,7 @@ strip_prefix = true
 "#,
         audit = dir.join("audit.jsonl").display(),
         iss = issuer.issuer(),
+        server_extra = options.server_extra,
         issuer_extra = options.issuer_extra,
         route_extra = options.route_extra,
         tail = extra + "\n" + &options.tail,
