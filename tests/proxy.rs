@@ -285,6 +285,53 @@ async fn slow_header_senders_are_cut_and_oversized_headers_get_431() {
 }
 
 #[tokio::test]
+async fn a_client_leaving_mid_stream_and_an_upstream_resetting_are_both_recorded() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // An upstream that sends part of a chunked body and then drops the connection.
+    let broken = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let broken_addr = broken.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = broken.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = socket.read(&mut buf).await;
+            let _ = socket.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n").await;
+            drop(socket);
+        }
+    });
+    let stack = Stack::start_with(Options {
+        chunk_delay: Duration::from_millis(200),
+        tail: format!("[[route]]\nname = \"broken\"\npath = \"/broken\"\nupstream = \"http://{broken_addr}\"\n"),
+        ..Options::default()
+    })
+    .await;
+    let token = stack.token("alice");
+
+    let reset = Request::get(stack.url("/broken/x"))
+        .header("authorization", format!("Bearer {token}"))
+        .body(Body::empty())
+        .expect("req");
+    let response = stack.client.request(reset).await.expect("headers arrive");
+    assert!(response.into_body().collect().await.is_err(), "a cut upstream body must not look complete to the client");
+
+    // A client that reads the first event of a slow stream and goes away.
+    let body = json!({"model": "tgi", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
+    let response =
+        stack.client.request(post_json(&stack, "/tgi/v1/chat/completions", &token, &body)).await.expect("response");
+    let mut stream = response.into_body();
+    let first = stream.frame().await.expect("a first frame").expect("ok");
+    assert!(first.is_data());
+    drop(stream);
+
+    let audit = stack.audit_at_least(2).await;
+    let by_path = |p: &str| audit.iter().find(|l| l["path"] == p).cloned().expect(p);
+    let reset_line = by_path("/broken/x");
+    assert!(reset_line["error"].as_str().expect("error").starts_with("upstream body error"), "{reset_line}");
+    let left = by_path("/tgi/v1/chat/completions");
+    assert_eq!(left["error"], "client closed the connection before the response ended");
+    assert!(left["bytes_out"].as_u64().expect("bytes") > 0);
+}
+
+#[tokio::test]
 async fn h2c_clients_are_served() {
     let stack = Stack::start().await;
     let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
