@@ -50,7 +50,9 @@ const CLIENT_ID_CLAIMS: [&str; 4] = ["client_id", "azp", "appid", "cid"];
 
 pub fn identity_from_claims(issuer: &IssuerSettings, claims: &Map<String, Value>, expires_at: u64) -> Identity {
     let subject = claims.get("sub").and_then(Value::as_str).unwrap_or_default().to_string();
-    let email = issuer.email_claim.lookup(claims).and_then(Value::as_str).map(str::to_string);
+    // An address the IdP itself marks unverified must not match `users = [...]` rules or reach the upstream.
+    let unverified = claims.get("email_verified") == Some(&Value::Bool(false));
+    let email = issuer.email_claim.lookup(claims).and_then(Value::as_str).filter(|_| !unverified).map(str::to_string);
     let groups = match issuer.groups_claim.lookup(claims) {
         Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).map(str::to_string).collect(),
         Some(Value::String(one)) => vec![one.clone()],
@@ -116,6 +118,55 @@ fn header_value(text: &str) -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{ClaimPath, JwksSource};
+    use std::time::Duration;
+
+    fn issuer() -> IssuerSettings {
+        IssuerSettings {
+            name: "corp".into(),
+            issuer: "https://idp".into(),
+            audiences: vec!["hfgate".into()],
+            audience_claims: vec!["aud".into()],
+            jwks: JwksSource::Uri("https://idp/jwks".into()),
+            algorithms: vec![],
+            groups_claim: ClaimPath("groups".into()),
+            email_claim: ClaimPath("email".into()),
+            leeway: Duration::from_secs(60),
+            max_token_lifetime: None,
+            require_typ: None,
+            kind: KindRule::Auto,
+            insecure: false,
+            jwks_refresh_interval: Duration::from_secs(300),
+            jwks_refetch_min_interval: Duration::from_secs(30),
+            jwks_max_stale: Duration::from_secs(3600),
+        }
+    }
+
+    #[test]
+    fn unverified_emails_are_dropped_and_workloads_recognised() {
+        let claims = |v: Value| v.as_object().cloned().expect("object");
+        let verified = identity_from_claims(
+            &issuer(),
+            &claims(serde_json::json!({"sub": "a", "email": "a@x", "email_verified": true})),
+            0,
+        );
+        assert_eq!(verified.email.as_deref(), Some("a@x"));
+        let silent = identity_from_claims(&issuer(), &claims(serde_json::json!({"sub": "a", "email": "a@x"})), 0);
+        assert_eq!(silent.email.as_deref(), Some("a@x"));
+        let unverified = identity_from_claims(
+            &issuer(),
+            &claims(serde_json::json!({"sub": "a", "email": "ceo@x", "email_verified": false})),
+            0,
+        );
+        assert_eq!(unverified.email, None);
+        assert!(unverified.headers.email.is_none());
+        let bot = identity_from_claims(&issuer(), &claims(serde_json::json!({"sub": "bot", "azp": "bot"})), 0);
+        assert_eq!(bot.kind, IdentityKind::Workload);
+        let sa =
+            identity_from_claims(&issuer(), &claims(serde_json::json!({"sub": "system:serviceaccount:ml:runner"})), 0);
+        assert_eq!(sa.kind, IdentityKind::Workload);
+        assert_eq!(verified.kind, IdentityKind::User);
+    }
 
     #[test]
     fn header_text_encoding_is_reversible_and_header_safe() {
