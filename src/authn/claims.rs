@@ -116,12 +116,13 @@ fn header_value(text: &str) -> HeaderValue {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::{ClaimPath, JwksSource};
     use std::time::Duration;
 
-    fn issuer() -> IssuerSettings {
+    /// An issuer with default settings, for tests elsewhere in the crate too.
+    pub(crate) fn issuer() -> IssuerSettings {
         IssuerSettings {
             name: "corp".into(),
             issuer: "https://idp".into(),

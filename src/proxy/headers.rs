@@ -141,28 +141,9 @@ pub fn clean_response_headers(headers: &mut HeaderMap) {
 mod tests {
     use super::*;
     use crate::authn::claims::identity_from_claims;
-    use crate::config::{ClaimPath, IssuerSettings, JwksSource, KindRule};
-    use std::time::Duration;
 
     fn identity() -> Identity {
-        let settings = IssuerSettings {
-            name: "corp".into(),
-            issuer: "https://idp".into(),
-            audiences: vec!["hfgate".into()],
-            audience_claims: vec!["aud".into()],
-            jwks: JwksSource::Uri("https://idp/jwks".into()),
-            algorithms: vec![],
-            groups_claim: ClaimPath("groups".into()),
-            email_claim: ClaimPath("email".into()),
-            leeway: Duration::from_secs(60),
-            max_token_lifetime: None,
-            require_typ: None,
-            kind: KindRule::Auto,
-            insecure: false,
-            jwks_refresh_interval: Duration::from_secs(300),
-            jwks_refetch_min_interval: Duration::from_secs(30),
-            jwks_max_stale: Duration::from_secs(3600),
-        };
+        let settings = crate::authn::claims::tests::issuer();
         let claims = serde_json::json!({"sub": "alice", "email": "a@x", "groups": ["ml,research", "ops"]});
         identity_from_claims(&settings, claims.as_object().expect("obj"), 0)
     }
