@@ -37,33 +37,14 @@ pub(crate) fn random_method(rng: &mut Rng) -> Method {
     Method::from_bytes(rng.pick(&METHODS).as_bytes()).unwrap_or(Method::GET)
 }
 
-/// Segments that mean something to some classifier, and spellings that should confuse one.
-const VOCABULARY: [&str; 60] = [
-    "api",
-    "models",
-    "datasets",
-    "spaces",
-    "resolve",
-    "raw",
-    "blob",
-    "revision",
-    "tree",
-    "refs",
-    "commits",
-    "paths-info",
-    "xet-read-token",
-    "commit",
-    "resolve-cache",
-    "info",
+/// Segments that mean something to some classifier beyond [`KEYWORDS`], and spellings that should confuse one.
+const VOCABULARY: [&str; 41] = [
     "lfs",
-    "git-upload-pack",
     "name.git",
-    "v1",
     "chat",
     "completions",
     "embeddings",
     "messages",
-    "pipeline",
     "feature-extraction",
     "generate",
     "embed",
@@ -130,6 +111,7 @@ fn random_segment(rng: &mut Rng) -> String {
     match rng.below(10) {
         0 => random_text(rng, 12),
         1 => "x".repeat(rng.below(300)),
+        2..=4 => rng.pick(&KEYWORDS).to_string(),
         _ => rng.pick(&VOCABULARY).to_string(),
     }
 }
