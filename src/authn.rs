@@ -39,6 +39,9 @@ pub enum AuthError {
         "this is a Hugging Face token (hf_...), not a token from your identity provider: hfgate adds the organisation's Hugging Face credential itself; unset HF_TOKEN or set it to a token from your identity provider (HF_TOKEN=$(hfgate token))"
     )]
     HuggingFaceToken,
+    /// Longer than any real access token; refused before it is parsed or hashed.
+    #[error("token too large: more than {} bytes", jwt::MAX_TOKEN_BYTES)]
+    TooLarge,
     /// Not a compact JWS, or a part that does not decode.
     #[error("malformed token: {0}")]
     Malformed(&'static str),
@@ -97,6 +100,7 @@ impl AuthError {
             AuthError::DuplicateAuthorization => "duplicate_authorization",
             AuthError::NotBearer => "not_bearer",
             AuthError::HuggingFaceToken => "hf_token",
+            AuthError::TooLarge => "token_too_large",
             AuthError::Malformed(_) => "malformed",
             AuthError::AlgNone => "alg_none",
             AuthError::AlgSymmetric(_) => "alg_symmetric",
@@ -162,6 +166,9 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<&str, AuthError> {
     let token = rest.trim_matches(' ');
     if token.is_empty() {
         return Err(AuthError::MissingToken);
+    }
+    if token.len() > jwt::MAX_TOKEN_BYTES {
+        return Err(AuthError::TooLarge);
     }
     Ok(token)
 }
@@ -291,6 +298,12 @@ mod tests {
         assert_eq!(bearer_token(&headers(&["Bearer "])), Err(AuthError::MissingToken));
         assert_eq!(bearer_token(&headers(&["Basic YTpi"])), Err(AuthError::NotBearer));
         assert_eq!(bearer_token(&headers(&["Bearer a", "Bearer b"])), Err(AuthError::DuplicateAuthorization));
+        let mut map = HeaderMap::new();
+        let at_limit = format!("Bearer {}", "a".repeat(jwt::MAX_TOKEN_BYTES));
+        map.insert(http::header::AUTHORIZATION, HeaderValue::from_str(&at_limit).expect("ascii"));
+        assert_eq!(bearer_token(&map).map(str::len), Ok(jwt::MAX_TOKEN_BYTES));
+        map.insert(http::header::AUTHORIZATION, HeaderValue::from_str(&format!("{at_limit}a")).expect("ascii"));
+        assert_eq!(bearer_token(&map), Err(AuthError::TooLarge));
     }
 
     #[test]

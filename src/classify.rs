@@ -158,6 +158,11 @@ pub enum ClassifyError {
     /// The body is a JSON object without a top-level `model`.
     #[error("request body has no 'model' field")]
     NoModel,
+    /// The body names `model` more than once at the top level. Servers disagree on which one counts (most
+    /// take the last, serde-based ones refuse), so hfgate refuses rather than decide on one the upstream
+    /// might not use.
+    #[error("request body has more than one top-level 'model' field")]
+    DuplicateModel,
     /// The body's `model` is a number, an object, null...
     #[error("'model' in the request body is not a string")]
     ModelNotString,
@@ -176,9 +181,6 @@ pub enum ClassifyError {
     /// A path whose repo cannot be told for certain: ambiguous or malformed.
     #[error("cannot tell the repository from the path: {0}")]
     BadRepoPath(&'static str),
-    /// The body is longer than the proxy reads to find the model (returned by the proxy itself).
-    #[error("request body is larger than {limit} bytes, the most hfgate reads to find the model")]
-    BodyTooLarge { limit: usize },
 }
 
 /// Whether the JSON body must be read to classify (openai/router POSTs that name the model in the body).
@@ -298,22 +300,18 @@ mod tests {
         let errors = [
             ClassifyError::BodyNotJson,
             ClassifyError::NoModel,
+            ClassifyError::DuplicateModel,
             ClassifyError::ModelNotString,
             ClassifyError::EmptyModel,
             ClassifyError::BadModelId { id: "a".into(), reason: "r" },
             ClassifyError::BadRevision { revision: "a".into(), reason: "r" },
             ClassifyError::EncodedSlash,
             ClassifyError::BadRepoPath("r"),
-            ClassifyError::BodyTooLarge { limit: 65536 },
         ];
         for error in &errors {
             assert_safe_message(&error.to_string());
         }
         assert_eq!(ClassifyError::NoModel.to_string(), "request body has no 'model' field");
-        assert_eq!(
-            ClassifyError::BodyTooLarge { limit: 65536 }.to_string(),
-            "request body is larger than 65536 bytes, the most hfgate reads to find the model"
-        );
     }
 
     /// Printable ASCII without '"' or '\', and short: the text ends up in JSON and in challenge headers.

@@ -3,6 +3,7 @@
 
 mod duration;
 mod settings;
+mod size;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -15,9 +16,18 @@ pub use settings::{
     ApiKind, AuditTarget, AuthzSettings, ClaimPath, Credential, IssuerSettings, JwksSource, KindRule, RouteSettings,
     RuleEffect, RuleSettings, ServerSettings, Settings, UpstreamUrl, is_loopback_host,
 };
+pub use size::{format_size, parse_size};
 
 /// A string value with its place in the file.
 pub(crate) type Text = Spanned<String>;
+
+/// A byte size as written: a bare integer or a string with a unit (see [`parse_size`]).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum RawSize {
+    Bytes(i64),
+    Text(String),
+}
 
 /// One problem found in a configuration file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,7 +117,8 @@ pub(crate) struct RawServer {
     pub trust_forwarded_headers: Option<Spanned<bool>>,
     pub workers: Option<Spanned<i64>>,
     pub header_read_timeout: Option<Text>,
-    pub max_header_bytes: Option<Spanned<i64>>,
+    pub max_header_bytes: Option<Spanned<RawSize>>,
+    pub max_request_body: Option<Spanned<RawSize>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -150,7 +161,8 @@ pub(crate) struct RawRoute {
     pub timeout: Option<Text>,
     pub idle_timeout: Option<Text>,
     pub bill_to: Option<Text>,
-    pub max_body_peek: Option<Spanned<i64>>,
+    pub max_body_peek: Option<Spanned<RawSize>>,
+    pub max_request_body: Option<Spanned<RawSize>>,
 }
 
 /// Maps byte offsets of one file to line numbers and collects issues against it.

@@ -43,6 +43,11 @@ impl HttpError {
         HttpError::new(StatusCode::FORBIDDEN, "insufficient_scope", "policy_denied", reason)
     }
 
+    /// A request body over the route's `max_request_body` (or over what hfgate reads to find the model).
+    pub fn too_large(description: String) -> HttpError {
+        HttpError::new(StatusCode::PAYLOAD_TOO_LARGE, "request_too_large", "body_too_large", description)
+    }
+
     pub fn no_route(path: &str) -> HttpError {
         let shown: String = path.chars().take(128).collect();
         HttpError::new(StatusCode::NOT_FOUND, "not_found", "no_route", format!("no route for path {shown}"))

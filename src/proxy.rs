@@ -207,6 +207,14 @@ async fn pipeline(
     exchange.identity = Some(identity.clone());
     exchange.decision = Decision::allow("authenticated");
 
+    // Size: a declared length over the limit is refused before a byte of the body is read.
+    let body_limit = settings.max_request_body.unwrap_or(gateway.settings.server.max_request_body);
+    if let Some(length) = request.headers().get(http::header::CONTENT_LENGTH)
+        && length.to_str().ok().and_then(|v| v.parse::<u64>().ok()).is_some_and(|n| n > body_limit)
+    {
+        return Err(body_too_large(body_limit));
+    }
+
     // Classify: the action and the model, reading a bounded prefix of the body only where the model lives there.
     let (parts, body) = request.into_parts();
     let route_path = match &path[settings.prefix.len()..] {
@@ -215,7 +223,7 @@ async fn pipeline(
     };
     let shape = classify::Request { method: &parts.method, path: route_path, route_model: settings.model.as_deref() };
     let (body, peeked) = if classify::needs_body(settings.api, &shape) {
-        let bytes = read_bounded(body, settings.max_body_peek).await?;
+        let bytes = read_bounded(body, settings.max_body_peek, body_limit).await?;
         exchange.bytes_in.store(bytes.len() as u64, Ordering::Relaxed);
         (Body::from(bytes.clone()), Some(bytes))
     } else {
@@ -297,7 +305,10 @@ async fn pipeline(
             bill_to,
         },
     );
-    let body = if peeked.is_some() { body } else { Body::new(CountingBody::new(body, exchange.bytes_in.clone())) };
+    let body = match peeked {
+        Some(_) => body,
+        None => Body::new(CountingBody::new(body, exchange.bytes_in.clone(), body_limit)),
+    };
     let mut upstream = Request::new(body);
     *upstream.method_mut() = parts.method;
     *upstream.uri_mut() = uri;
@@ -309,6 +320,8 @@ async fn pipeline(
             gateway.metrics.upstream_latency(&route.name, sent.elapsed());
             Ok(response)
         }
+        // The body grew past the limit while streaming: the upstream request was aborted for that.
+        Err(_) if exchange.bytes_in.load(Ordering::Relaxed) > body_limit => Err(body_too_large(body_limit)),
         Err(err) => {
             tracing::warn!(request_id = %exchange.request_id, route = %settings.name, error = %err, "upstream request failed");
             exchange.error = Some(err.to_string());
@@ -333,13 +346,23 @@ fn normalized_path<'p>(gateway: &Gateway, raw: &'p str) -> Result<&'p str, HttpE
     }
 }
 
-/// Reads a request body of at most `limit` bytes (the model lives in it).
-async fn read_bounded(body: Body, limit: usize) -> Result<bytes::Bytes, HttpError> {
-    match http_body_util::BodyExt::collect(http_body_util::Limited::new(body, limit)).await {
+fn body_too_large(limit: u64) -> HttpError {
+    HttpError::too_large(format!("request body exceeds max_request_body ({})", crate::config::format_size(limit)))
+}
+
+/// Reads a request body of at most `peek` bytes (the model lives in it) and at most `limit` in all.
+async fn read_bounded(body: Body, peek: usize, limit: u64) -> Result<bytes::Bytes, HttpError> {
+    let bound = usize::try_from(limit).map_or(peek, |limit| peek.min(limit));
+    match http_body_util::BodyExt::collect(http_body_util::Limited::new(body, bound)).await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.is::<http_body_util::LengthLimitError>() => {
-            Err(HttpError::bad_request(classify::ClassifyError::BodyTooLarge { limit }))
-        }
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(if bound == peek && (peek as u64) < limit {
+            HttpError::too_large(format!(
+                "request body is larger than {}, the most hfgate reads to find the model (max_body_peek)",
+                crate::config::format_size(peek as u64)
+            ))
+        } else {
+            body_too_large(limit)
+        }),
         Err(_) => Err(HttpError::new(
             http::StatusCode::BAD_REQUEST,
             "invalid_request",

@@ -251,6 +251,21 @@ pub enum Lookup<'a> {
     Ambiguous,
 }
 
+/// `scheme://host[:port]` of a URL, lowercased, with the scheme's default port left out.
+fn origin_of(url: &str) -> Option<String> {
+    origin_of_uri(&url.parse::<http::Uri>().ok()?)
+}
+
+fn origin_of_uri(uri: &http::Uri) -> Option<String> {
+    let scheme = uri.scheme_str()?.to_ascii_lowercase();
+    let host = uri.host()?.to_ascii_lowercase();
+    let default_port = if scheme == "https" { 443 } else { 80 };
+    Some(match uri.port_u16() {
+        Some(port) if port != default_port => format!("{scheme}://{host}:{port}"),
+        _ => format!("{scheme}://{host}"),
+    })
+}
+
 /// Why keys could not be fetched.
 #[derive(Debug, thiserror::Error)]
 pub enum JwksError {
@@ -262,6 +277,12 @@ pub enum JwksError {
     NoJwksUri,
     #[error("jwks_uri {0:?} must be https (loopback or insecure = true excepted)")]
     InsecureJwksUri(String),
+    /// A discovered `jwks_uri` on another origin than the issuer: hfgate fetches keys only from hosts the
+    /// operator named, so a tampered or mistaken discovery document cannot point it anywhere else.
+    #[error(
+        "discovery document's jwks_uri {found:?} is not on the issuer's origin {expected:?}; set jwks_uri in the issuer's configuration to trust it"
+    )]
+    ForeignJwksUri { found: String, expected: String },
     #[error("jwks {url}: {source}")]
     Fetch { url: String, source: FetchError },
     #[error("document is not a JWKS (no \"keys\" array)")]
@@ -340,16 +361,21 @@ impl IssuerKeys {
             return Err(JwksError::IssuerMismatch { found: found.to_string(), expected: self.settings.issuer.clone() });
         }
         let jwks_uri = doc.get("jwks_uri").and_then(Value::as_str).ok_or(JwksError::NoJwksUri)?;
-        let secure = match jwks_uri.parse::<http::Uri>() {
-            Ok(uri) => match (uri.scheme_str(), uri.host()) {
-                (Some("https"), Some(_)) => true,
-                (Some("http"), Some(host)) => self.settings.insecure || is_loopback_host(host),
-                _ => false,
-            },
-            Err(_) => false,
+        let parsed = jwks_uri.parse::<http::Uri>().ok();
+        let secure = match parsed.as_ref().map(|uri| (uri.scheme_str(), uri.host())) {
+            Some((Some("https"), Some(_))) => true,
+            Some((Some("http"), Some(host))) => self.settings.insecure || is_loopback_host(host),
+            _ => false,
         };
         if !secure {
             return Err(JwksError::InsecureJwksUri(jwks_uri.to_string()));
+        }
+        let expected = origin_of(&self.settings.issuer);
+        if parsed.as_ref().and_then(origin_of_uri) != expected {
+            return Err(JwksError::ForeignJwksUri {
+                found: jwks_uri.to_string(),
+                expected: expected.unwrap_or_default(),
+            });
         }
         Ok(jwks_uri.to_string())
     }
@@ -427,6 +453,16 @@ mod tests {
     use super::*;
     use crate::jose::SigningKey;
     use serde_json::json;
+
+    #[test]
+    fn origins_compare_scheme_host_and_explicit_port() {
+        assert_eq!(origin_of("https://IdP.example/realms/a").as_deref(), Some("https://idp.example"));
+        assert_eq!(origin_of("https://idp.example:443/x"), origin_of("https://idp.example"));
+        assert_ne!(origin_of("https://idp.example:8443/x"), origin_of("https://idp.example"));
+        assert_ne!(origin_of("https://keys.example/x"), origin_of("https://idp.example"));
+        assert_ne!(origin_of("http://idp.example/x"), origin_of("https://idp.example"));
+        assert_eq!(origin_of("not a url"), None);
+    }
 
     #[test]
     fn rsa_der_encodes_lengths_and_sign_bits() {

@@ -44,7 +44,7 @@ pub struct ParsedJwt<'t> {
 /// Splits and decodes a compact JWS, refusing `alg: none`, HMAC and anything unknown up front.
 pub fn parse(token: &str) -> Result<ParsedJwt<'_>, AuthError> {
     if token.len() > MAX_TOKEN_BYTES {
-        return Err(AuthError::Malformed("token larger than 16 KiB"));
+        return Err(AuthError::TooLarge);
     }
     let mut parts = token.split('.');
     let (Some(header_b64), Some(payload_b64), Some(signature_b64), None) =

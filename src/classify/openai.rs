@@ -164,8 +164,11 @@ fn check_provider(provider: &str) -> Result<(), &'static str> {
 
 /// The top-level `model` of a JSON object body, as a string.
 fn body_model(body: &[u8]) -> Result<String, ClassifyError> {
-    let TopLevel(model) = serde_json::from_slice(body).map_err(|_| ClassifyError::BodyNotJson)?;
-    match model {
+    let top: TopLevel = serde_json::from_slice(body).map_err(|_| ClassifyError::BodyNotJson)?;
+    if top.duplicate {
+        return Err(ClassifyError::DuplicateModel);
+    }
+    match top.model {
         None => Err(ClassifyError::NoModel),
         Some(serde_json::Value::String(model)) if model.is_empty() => Err(ClassifyError::EmptyModel),
         Some(serde_json::Value::String(model)) => Ok(model),
@@ -174,10 +177,11 @@ fn body_model(body: &[u8]) -> Result<String, ClassifyError> {
 }
 
 /// The top-level `model` value of a JSON object; every other value is skipped without being built.
-///
-/// A body may repeat `model`. The last one wins, as in serde_json's maps and in Python's `json` (FastAPI,
-/// vLLM), so hfgate decides on the value those servers use.
-struct TopLevel(Option<serde_json::Value>);
+/// A repeated `model` is noted (and refused by the caller): which one an upstream reads varies by server.
+struct TopLevel {
+    model: Option<serde_json::Value>,
+    duplicate: bool,
+}
 
 impl<'de> Deserialize<'de> for TopLevel {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<TopLevel, D::Error> {
@@ -195,15 +199,16 @@ impl<'de> Visitor<'de> for TopLevelVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<TopLevel, A::Error> {
-        let mut model = None;
+        let mut top = TopLevel { model: None, duplicate: false };
         while let Some(IsModel(is_model)) = map.next_key()? {
             if is_model {
-                model = Some(map.next_value()?);
+                top.duplicate |= top.model.is_some();
+                top.model = Some(map.next_value()?);
             } else {
                 map.next_value::<IgnoredAny>()?;
             }
         }
-        Ok(TopLevel(model))
+        Ok(top)
     }
 }
 
@@ -387,17 +392,22 @@ mod tests {
     }
 
     #[test]
-    fn duplicate_model_keys_keep_the_last_one() {
+    fn duplicate_model_keys_are_refused() {
         let body = r#"{"model":"allowed/model","messages":[],"model":"other/model"}"#;
+        for api in [ApiKind::Router, ApiKind::OpenAi] {
+            assert_eq!(run(api, Method::POST, "/v1/chat/completions", body), Err(ClassifyError::DuplicateModel));
+        }
+        // The same value twice is still two keys: nothing is gained by telling the cases apart.
+        let same = r#"{"model":"a/b","model":"a/b"}"#;
         assert_eq!(
-            run(ApiKind::Router, Method::POST, "/v1/chat/completions", body),
-            Ok(Classified { action: Action::Infer, model: model("other/model", None) })
+            run(ApiKind::Router, Method::POST, "/v1/chat/completions", same),
+            Err(ClassifyError::DuplicateModel)
         );
         // The key is compared after JSON unescaping, as every JSON parser reads it.
         let escaped = r#"{"model":"a/b","mod\u0065l":"c/d"}"#;
         assert_eq!(
             run(ApiKind::Router, Method::POST, "/v1/chat/completions", escaped),
-            Ok(Classified { action: Action::Infer, model: model("c/d", None) })
+            Err(ClassifyError::DuplicateModel)
         );
         // A nested "model" is not the top-level one.
         let nested = r#"{"messages":[{"model":"x/y"}],"extra":{"model":"x/y"}}"#;

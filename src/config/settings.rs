@@ -11,7 +11,7 @@ use http::HeaderValue;
 use http::uri::{Authority, Scheme, Uri};
 use toml::Spanned;
 
-use super::{RawConfig, RawIssuer, RawRoute, Source, Text, parse_duration};
+use super::{RawConfig, RawIssuer, RawRoute, RawSize, Source, Text, format_size, parse_duration, parse_size};
 use crate::jose::Algorithm;
 
 #[derive(Debug, Clone)]
@@ -84,6 +84,8 @@ pub struct ServerSettings {
     pub header_read_timeout: Duration,
     /// The most header bytes a request may carry; larger ones get 431.
     pub max_header_bytes: usize,
+    /// The largest request body a route accepts unless it sets its own; larger ones get 413.
+    pub max_request_body: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -244,6 +246,8 @@ pub struct RouteSettings {
     pub bill_to: Option<String>,
     /// How much of a request body hfgate reads when the model lives in the body (openai, router).
     pub max_body_peek: usize,
+    /// The largest request body this route accepts; `None` = the server's `max_request_body`.
+    pub max_request_body: Option<u64>,
 }
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -363,14 +367,10 @@ fn validate_server(src: &mut Source<'_>, raw: &RawConfig) -> Option<ServerSettin
     {
         src.issue(field.span().start, "server.header_read_timeout", "must be positive");
     }
-    let max_header_bytes = match &server.max_header_bytes {
-        Some(v) if (8192..=1024 * 1024).contains(v.get_ref()) => Some(*v.get_ref() as usize),
-        Some(v) => {
-            src.issue(v.span().start, "server.max_header_bytes", "must be between 8192 and 1048576");
-            None
-        }
-        None => Some(64 * 1024),
-    };
+    let max_header_bytes =
+        size_or(src, server.max_header_bytes.as_ref(), "server.max_header_bytes", 64 << 10, 8 << 10..=1 << 20);
+    let max_request_body =
+        size_or(src, server.max_request_body.as_ref(), "server.max_request_body", 16 << 20, 1..=1 << 40);
     let workers = match &server.workers {
         Some(w) if (1..=1024).contains(w.get_ref()) => Some(Some(*w.get_ref() as usize)),
         Some(w) => {
@@ -390,7 +390,8 @@ fn validate_server(src: &mut Source<'_>, raw: &RawConfig) -> Option<ServerSettin
         trust_forwarded_headers: server.trust_forwarded_headers.as_ref().map(|b| *b.get_ref()).unwrap_or(false),
         workers: workers?,
         header_read_timeout: header_read_timeout?,
-        max_header_bytes: max_header_bytes?,
+        max_header_bytes: max_header_bytes? as usize,
+        max_request_body: max_request_body?,
     })
 }
 
@@ -672,17 +673,18 @@ fn validate_route(
             .map(Some),
         None => Some(None),
     };
-    let max_body_peek = match &raw.max_body_peek {
-        Some(v) if (1..=64 * 1024 * 1024).contains(v.get_ref()) => Some(*v.get_ref() as usize),
-        Some(v) => {
-            src.issue(v.span().start, format!("{key}.max_body_peek"), "must be between 1 and 67108864 bytes");
-            None
+    let max_body_peek =
+        size_or(src, raw.max_body_peek.as_ref(), &format!("{key}.max_body_peek"), 4 << 20, 1..=64 << 20);
+    let max_request_body = match &raw.max_request_body {
+        Some(_) => {
+            size_or(src, raw.max_request_body.as_ref(), &format!("{key}.max_request_body"), 0, 1..=1 << 40).map(Some)
         }
-        None => Some(4 * 1024 * 1024),
+        None => Some(None),
     };
     Some(RouteSettings {
         bill_to: bill_to?,
-        max_body_peek: max_body_peek?,
+        max_body_peek: max_body_peek? as usize,
+        max_request_body: max_request_body?,
         name: name?,
         prefix: prefix?,
         upstream: upstream?,
@@ -922,6 +924,35 @@ fn socket_addr(src: &mut Source<'_>, value: Option<&Text>, key: &str, default: &
         Ok(addr) => Some(addr),
         Err(_) => {
             src.issue(value.span().start, key, format!("{text:?} is not an IP:port address, e.g. \"127.0.0.1:8080\""));
+            None
+        }
+    }
+}
+
+/// A byte size within `range`, or `default` when the key is absent.
+fn size_or(
+    src: &mut Source<'_>,
+    value: Option<&Spanned<RawSize>>,
+    key: &str,
+    default: u64,
+    range: std::ops::RangeInclusive<u64>,
+) -> Option<u64> {
+    let Some(value) = value else {
+        return Some(default);
+    };
+    let parsed = match value.get_ref() {
+        RawSize::Bytes(n) => u64::try_from(*n).map_err(|_| format!("invalid size {n}: must not be negative")),
+        RawSize::Text(text) => parse_size(text),
+    };
+    match parsed {
+        Ok(bytes) if range.contains(&bytes) => Some(bytes),
+        Ok(_) => {
+            let (lo, hi) = (format_size(*range.start()), format_size(*range.end()));
+            src.issue(value.span().start, key, format!("must be between {lo} and {hi}"));
+            None
+        }
+        Err(e) => {
+            src.issue(value.span().start, key, e);
             None
         }
     }

@@ -18,34 +18,50 @@ use crate::audit::Usage;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Counts the bytes of a request body into a shared counter.
+/// Counts the bytes of a request body into a shared counter and ends the body with an error once it
+/// grows past `limit`, so the upstream request is aborted. The counter then reads more than `limit`,
+/// which is how the proxy tells a size refusal (413) from an upstream failure.
 #[derive(Debug)]
 pub struct CountingBody<B> {
     inner: B,
     count: Arc<AtomicU64>,
+    limit: u64,
 }
 
 impl<B> CountingBody<B> {
-    pub fn new(inner: B, count: Arc<AtomicU64>) -> Self {
-        CountingBody { inner, count }
+    pub fn new(inner: B, count: Arc<AtomicU64>, limit: u64) -> Self {
+        CountingBody { inner, count, limit }
     }
 }
+
+/// A request body that grew past the route's `max_request_body` while streaming.
+#[derive(Debug, thiserror::Error)]
+#[error("request body exceeds {0} bytes")]
+pub struct BodyTooLarge(pub u64);
 
 impl<B> Body for CountingBody<B>
 where
     B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
 {
     type Data = Bytes;
-    type Error = B::Error;
+    type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled
-            && let Some(data) = frame.data_ref()
-        {
-            self.count.fetch_add(data.len() as u64, Ordering::Relaxed);
+        match polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                let len = frame.data_ref().map_or(0, |data| data.len() as u64);
+                let total = self.count.fetch_add(len, Ordering::Relaxed) + len;
+                if total > self.limit {
+                    return Poll::Ready(Some(Err(Box::new(BodyTooLarge(self.limit)))));
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(err))) => Poll::Ready(Some(Err(err.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
