@@ -59,8 +59,13 @@ impl Gateway {
 }
 
 /// The record of one request as it moves through the stages.
+///
+/// Exactly one audit line per request: [`Exchange::finish`] writes it once, and an exchange dropped
+/// unfinished (the client left before the response began) writes it on drop, with status 499.
 #[derive(Debug)]
 pub struct Exchange {
+    gateway: Arc<Gateway>,
+    finished: bool,
     pub request_id: String,
     started: Instant,
     started_unix_ms: u128,
@@ -79,8 +84,10 @@ pub struct Exchange {
 }
 
 impl Exchange {
-    fn start(method: &http::Method, uri: &Uri) -> Exchange {
+    fn start(gateway: Arc<Gateway>, method: &http::Method, uri: &Uri) -> Exchange {
         Exchange {
+            gateway,
+            finished: false,
             request_id: request_id(),
             started: Instant::now(),
             started_unix_ms: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0),
@@ -97,8 +104,12 @@ impl Exchange {
         }
     }
 
-    /// Writes the audit line and the request metric.
-    fn finish(&self, gateway: &Gateway, status: u16, bytes_out: u64, usage: &Usage, error: Option<&str>) {
+    /// Writes the audit line and the request metric (once).
+    fn finish(&mut self, status: u16, bytes_out: u64, usage: &Usage, error: Option<&str>) {
+        if std::mem::replace(&mut self.finished, true) {
+            return;
+        }
+        let gateway = &*self.gateway;
         static NO_ROUTE: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| "-".into());
         gateway.metrics.request(self.route.as_ref().map_or(&*NO_ROUTE, |r| &r.name), status);
         let route = self.route.as_ref().map(|r| &*r.name);
@@ -124,9 +135,9 @@ impl Exchange {
     }
 
     /// Answers with hfgate's own error, recorded at once.
-    fn refuse(mut self, gateway: &Gateway, err: HttpError) -> Response<Body> {
+    fn refuse(mut self, err: HttpError) -> Response<Body> {
         if err.error == "invalid_token" || err.reason == "keys_unavailable" {
-            gateway.metrics.auth_failure(err.reason);
+            self.gateway.metrics.auth_failure(err.reason);
         }
         match err.status {
             // The policy's own reason is already recorded; an upstream failure leaves the decision standing.
@@ -140,8 +151,26 @@ impl Exchange {
         let error = self.error.take().unwrap_or_else(|| err.description.clone());
         let response = err.into_response(&self.request_id);
         let bytes = http_body::Body::size_hint(response.body()).exact().unwrap_or(0);
-        self.finish(gateway, response.status().as_u16(), bytes, &Usage::default(), Some(&error));
+        self.finish(response.status().as_u16(), bytes, &Usage::default(), Some(&error));
         response
+    }
+}
+
+/// nginx's "client closed request": no response was sent because the client left first.
+const CLIENT_CLOSED_REQUEST: u16 = 499;
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        if !self.finished {
+            // Whatever stage was running (a body read, the upstream request) was cancelled with it; the
+            // decision stays as it was made.
+            self.finish(
+                CLIENT_CLOSED_REQUEST,
+                0,
+                &Usage::default(),
+                Some("client closed the connection before the response began"),
+            );
+        }
     }
 }
 
@@ -181,10 +210,10 @@ fn request_id() -> String {
 
 /// Serves one proxied request.
 pub async fn handle(gateway: Arc<Gateway>, peer: SocketAddr, request: Request<Body>) -> Response<Body> {
-    let mut exchange = Exchange::start(request.method(), request.uri());
+    let mut exchange = Exchange::start(gateway.clone(), request.method(), request.uri());
     match pipeline(&gateway, &mut exchange, peer, request).await {
-        Ok(response) => respond(gateway, exchange, response),
-        Err(err) => exchange.refuse(&gateway, err),
+        Ok(response) => respond(exchange, response),
+        Err(err) => exchange.refuse(err),
     }
 }
 
@@ -373,17 +402,20 @@ async fn read_bounded(body: Body, peek: usize, limit: u64) -> Result<bytes::Byte
 }
 
 /// Streams the upstream response back; the audit line is written when its body ends.
-fn respond(gateway: Arc<Gateway>, exchange: Exchange, response: Response<hyper::body::Incoming>) -> Response<Body> {
+fn respond(mut exchange: Exchange, response: Response<hyper::body::Incoming>) -> Response<Body> {
     let (mut parts, body) = response.into_parts();
     headers::clean_response_headers(&mut parts.headers);
     if let Ok(id) = HeaderValue::from_str(&exchange.request_id) {
         parts.headers.insert(headers::X_REQUEST_ID, id);
     }
     let status = parts.status.as_u16();
-    let tap = UsageTap::for_response(&parts.headers);
-    let idle = exchange.route.as_ref().map(|r| r.settings.idle_timeout).unwrap_or(std::time::Duration::from_secs(120));
+    let (api, idle) = exchange
+        .route
+        .as_ref()
+        .map_or((ApiKind::Generic, std::time::Duration::from_secs(120)), |r| (r.settings.api, r.settings.idle_timeout));
+    let tap = UsageTap::for_api(api, &parts.headers);
     let on_end = Box::new(move |outcome: BodyOutcome| {
-        exchange.finish(&gateway, status, outcome.bytes, &outcome.usage, outcome.error.as_deref());
+        exchange.finish(status, outcome.bytes, &outcome.usage, outcome.error.as_deref());
     });
     Response::from_parts(parts, Body::new(ObservedBody::new(body, tap, idle, on_end)))
 }

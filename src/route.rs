@@ -90,7 +90,7 @@ fn is_dot_segment(segment: &str) -> bool {
     while !rest.is_empty() {
         if let Some(r) = rest.strip_prefix('.') {
             rest = r;
-        } else if rest.len() >= 3 && rest[..3].eq_ignore_ascii_case("%2e") {
+        } else if rest.as_bytes().get(..3).is_some_and(|head| head.eq_ignore_ascii_case(b"%2e")) {
             rest = &rest[3..];
         } else {
             return false;
@@ -186,6 +186,9 @@ mod tests {
             "/a..b",
             "/...",
             "/%41",
+            // Non-ASCII text right after a dot (config paths may hold it): a plain segment, never a panic.
+            "/.é",
+            "/a/%2eé",
         ] {
             assert_eq!(normalize_path(p), Ok(p), "{p}");
         }

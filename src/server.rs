@@ -83,8 +83,13 @@ pub async fn start(settings: Settings) -> Result<RunningServer, ServerError> {
     };
     let (stop, stopped) = watch::channel(false);
     let serving = vec![
-        serve(proxy_listener, proxy_router(gateway.clone()), stopped.clone(), limits),
-        serve(admin_listener, admin_router(gateway.clone()), stopped, limits),
+        serve(
+            proxy_listener,
+            Listener::Proxy(gateway.clone(), hfgate_router(gateway.clone())),
+            stopped.clone(),
+            limits,
+        ),
+        serve(admin_listener, Listener::Admin(admin_router(gateway.clone())), stopped, limits),
     ];
     tracing::info!(proxy = %proxy_addr, admin = %admin_addr, routes = gateway.routes.len(), issuers = gateway.authn.issuers().len(), "hfgate listening");
     Ok(RunningServer { proxy_addr, admin_addr, gateway, stop, serving, refreshers })
@@ -101,9 +106,45 @@ struct Limits {
     max_header_bytes: usize,
 }
 
+/// What a listener serves.
+#[derive(Clone)]
+enum Listener {
+    /// Proxied requests go straight to the pipeline; hfgate's own `/.hfgate/` endpoints to the router.
+    Proxy(Arc<Gateway>, Router),
+    Admin(Router),
+}
+
+/// hfgate's own endpoints on the proxy listener live under this prefix; every other path is proxied.
+const OWN_PREFIX: &str = "/.hfgate/";
+
+impl Listener {
+    /// Serves one request. The proxy path skips the router: it is the hot path and needs no routing.
+    async fn call(self, peer: SocketAddr, mut request: http::Request<hyper::body::Incoming>) -> Response<Body> {
+        let router = match self {
+            Listener::Proxy(gateway, router) => {
+                if !request.uri().path().starts_with(OWN_PREFIX) {
+                    return proxy::handle(gateway, peer, request.map(Body::new)).await;
+                }
+                router
+            }
+            Listener::Admin(router) => router,
+        };
+        request.extensions_mut().insert(ConnectInfo(peer));
+        match tower_service::Service::call(&mut router.clone(), request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        }
+    }
+}
+
 /// Accepts connections (HTTP/1.1 and h2c) until told to stop, then waits for open connections to finish.
 /// Slow header senders are cut after `header_read_timeout`; oversized headers get 431.
-fn serve(listener: TcpListener, router: Router, mut stopped: watch::Receiver<bool>, limits: Limits) -> JoinHandle<()> {
+fn serve(
+    listener: TcpListener,
+    target: Listener,
+    mut stopped: watch::Receiver<bool>,
+    limits: Limits,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
@@ -130,10 +171,10 @@ fn serve(listener: TcpListener, router: Router, mut stopped: watch::Receiver<boo
                         }
                     };
                     let _ = stream.set_nodelay(true);
-                    let router = router.clone();
-                    let service = hyper::service::service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
-                        request.extensions_mut().insert(ConnectInfo(peer));
-                        tower_service::Service::call(&mut router.clone(), request)
+                    let target = target.clone();
+                    let service = hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                        let target = target.clone();
+                        async move { Ok::<_, std::convert::Infallible>(target.call(peer, request).await) }
                     });
                     let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
                     let connection = graceful.watch(connection);
@@ -173,7 +214,8 @@ impl RunningServer {
     }
 }
 
-fn proxy_router(gateway: Arc<Gateway>) -> Router {
+/// hfgate's own endpoints on the proxy listener; a `/.hfgate/` path no endpoint serves is still proxied.
+fn hfgate_router(gateway: Arc<Gateway>) -> Router {
     Router::new().route("/.hfgate/jwks.json", get(hfgate_jwks)).fallback(proxy_request).with_state(gateway)
 }
 

@@ -21,6 +21,8 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
 /// Real issuers publish a handful of keys; parsing thousands would let a hostile JWKS burn CPU.
 pub const MAX_KEYS: usize = 64;
+/// The longest a request with an unknown kid waits for the refetch it triggers before being refused.
+pub const ON_DEMAND_WAIT: Duration = Duration::from_secs(2);
 
 /// One public key from a JWKS, pre-parsed for every algorithm it may verify.
 pub struct VerifyingKey {
@@ -296,7 +298,8 @@ pub struct IssuerKeys {
     pub settings: Arc<IssuerSettings>,
     current: ArcSwapOption<KeySet>,
     /// When an on-demand refetch was last attempted; the lock makes concurrent misses share one fetch.
-    on_demand: tokio::sync::Mutex<Option<Instant>>,
+    /// When the last on-demand refetch started; held while it runs, so refetches are single-flight.
+    on_demand: Arc<tokio::sync::Mutex<Option<Instant>>>,
     client: HttpClient,
     metrics: Arc<Metrics>,
 }
@@ -312,7 +315,7 @@ impl IssuerKeys {
         IssuerKeys {
             settings,
             current: ArcSwapOption::empty(),
-            on_demand: tokio::sync::Mutex::new(None),
+            on_demand: Arc::new(tokio::sync::Mutex::new(None)),
             client,
             metrics,
         }
@@ -381,7 +384,7 @@ impl IssuerKeys {
     }
 
     /// The key that should verify a token with this `kid` and `alg`.
-    pub async fn key_for(&self, kid: Option<&str>, alg: Algorithm) -> Result<Arc<VerifyingKey>, AuthError> {
+    pub async fn key_for(self: &Arc<Self>, kid: Option<&str>, alg: Algorithm) -> Result<Arc<VerifyingKey>, AuthError> {
         let issuer = &self.settings.name;
         if let Some(set) = self.usable_snapshot() {
             match set.find(kid, alg) {
@@ -411,15 +414,26 @@ impl IssuerKeys {
         self.current.load_full().filter(|set| set.fetched_at.elapsed() <= self.settings.jwks_max_stale)
     }
 
-    async fn refetch_on_demand(&self) {
-        let mut last = self.on_demand.lock().await;
-        if last.is_some_and(|at| at.elapsed() < self.settings.jwks_refetch_min_interval) {
-            return;
-        }
-        *last = Some(Instant::now());
-        if let Err(err) = self.refresh().await {
-            tracing::warn!(issuer = %self.settings.name, %err, "JWKS refetch failed");
-        }
+    /// Refetches the JWKS for an unknown kid, at most once per `jwks_refetch_min_interval`. The fetch runs
+    /// in its own task, so it completes even when the request that started it stops waiting after
+    /// [`ON_DEMAND_WAIT`]: an issuer that hangs costs a request seconds, not the fetch timeout.
+    async fn refetch_on_demand(self: &Arc<Self>) {
+        let this = self.clone();
+        let wait = async move {
+            let mut last = this.on_demand.clone().lock_owned().await;
+            if last.is_some_and(|at| at.elapsed() < this.settings.jwks_refetch_min_interval) {
+                return;
+            }
+            *last = Some(Instant::now());
+            let fetch = tokio::spawn(async move {
+                let _in_flight = last;
+                if let Err(err) = this.refresh().await {
+                    tracing::warn!(issuer = %this.settings.name, %err, "JWKS refetch failed");
+                }
+            });
+            let _ = fetch.await;
+        };
+        let _ = tokio::time::timeout(ON_DEMAND_WAIT, wait).await;
     }
 
     /// Loads keys at start (retrying with backoff until the first success), then refreshes them every

@@ -15,6 +15,7 @@ use serde_json::Value;
 use tokio::time::{Instant, Sleep};
 
 use crate::audit::Usage;
+use crate::config::ApiKind;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -211,6 +212,15 @@ enum TapMode {
 }
 
 impl UsageTap {
+    /// A tap for APIs that report usage (model servers); other routes (the Hub, generic services) get none,
+    /// so their bodies are never buffered or parsed.
+    pub fn for_api(api: ApiKind, headers: &HeaderMap) -> UsageTap {
+        match api {
+            ApiKind::Hub | ApiKind::Generic => UsageTap::default(),
+            _ => UsageTap::for_response(headers),
+        }
+    }
+
     pub fn for_response(headers: &HeaderMap) -> UsageTap {
         let number = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse().ok());
         let from_headers =
@@ -264,6 +274,8 @@ impl UsageTap {
         }
         let doc = match self.mode {
             TapMode::Off => return Usage::default(),
+            // Most JSON answers (model lists, metadata) carry no usage: skip building a document for them.
+            TapMode::Json(buf) if !contains(&buf, b"\"usage\"") && !contains(&buf, b"\"details\"") => None,
             TapMode::Json(buf) => serde_json::from_slice::<Value>(&buf).ok(),
             TapMode::Sse { last, .. } => last.and_then(|data| serde_json::from_slice::<Value>(&data).ok()),
         };

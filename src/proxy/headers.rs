@@ -131,6 +131,10 @@ pub fn upstream_headers(client: &HeaderMap, up: UpstreamIdentity<'_>) -> HeaderM
 
 /// Removes hop-by-hop headers from an upstream response.
 pub fn clean_response_headers(headers: &mut HeaderMap) {
+    // Most responses carry none: one pass over the names is cheaper than looking each one up.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(&name.as_str())) {
+        return;
+    }
     let named = connection_named(headers);
     for name in HOP_BY_HOP.iter().copied().map(HeaderName::from_static).chain(named) {
         headers.remove(&name);
