@@ -27,10 +27,11 @@ pub const SCHEMA: &str = include_str!("authz/schema.cedarschema");
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verdict {
     pub allow: bool,
-    /// Ids of the determining policies (`allow[0]`, `deny[1]`, or the file's `@id`s).
-    pub policies: Vec<String>,
+    /// Ids of the determining policies (`allow[0]`, `deny[1]`, or the file's `@id`s). Shared with the
+    /// audit record of every request the verdict decides, hence reference-counted.
+    pub policies: Arc<[String]>,
     /// For the caller and the audit: names the action and the model, never policy text.
-    pub reason: String,
+    pub reason: Arc<str>,
     /// The organisation to bill when allowed: the first permitting rule's `bill_to`, else the route's.
     pub bill_to: Option<String>,
 }
@@ -321,8 +322,8 @@ impl Authorizer {
             .map(|bill_to| {
                 Arc::new(Verdict {
                     allow: true,
-                    policies: Vec::new(),
-                    reason: "no policies configured".to_string(),
+                    policies: Arc::new([]),
+                    reason: "no policies configured".into(),
                     bill_to: bill_to.clone(),
                 })
             })
@@ -373,8 +374,8 @@ impl Authorizer {
         if !self.enabled {
             return Arc::new(Verdict {
                 allow: false,
-                policies: Vec::new(),
-                reason: format!("no policy permits billing {}", crate::authn::printable(org)),
+                policies: Arc::new([]),
+                reason: format!("no policy permits billing {}", crate::authn::printable(org)).into(),
                 bill_to: None,
             });
         }
@@ -403,7 +404,8 @@ impl Authorizer {
             (None, Some(model)) => format!("{action} on {}", model.id),
             (None, None) => format!("{action} on route {}", question.route.name),
         };
-        let deny = |reason: String| Verdict { allow: false, policies: Vec::new(), reason, bill_to: None };
+        let deny =
+            |reason: String| Verdict { allow: false, policies: Arc::new([]), reason: reason.into(), bill_to: None };
         let Some(set) = self.per_route.get(question.route.index) else {
             return deny(format!("no policy permits {target}"));
         };
@@ -426,14 +428,19 @@ impl Authorizer {
                 .find(|(id, _)| policies.iter().any(|p| p == id))
                 .map(|(_, org)| org.clone())
                 .or_else(|| self.route_bill_to.get(question.route.index).cloned().flatten());
-            Verdict { allow: true, reason: format!("permitted by {}", policies.join(", ")), policies, bill_to }
+            Verdict {
+                allow: true,
+                reason: format!("permitted by {}", policies.join(", ")).into(),
+                policies: policies.into(),
+                bill_to,
+            }
         } else if policies.is_empty() {
             deny(format!("no policy permits {target}"))
         } else {
             Verdict {
                 allow: false,
-                reason: format!("{} forbids {target}", policies.join(", ")),
-                policies,
+                reason: format!("{} forbids {target}", policies.join(", ")).into(),
+                policies: policies.into(),
                 bill_to: None,
             }
         }

@@ -15,7 +15,7 @@ use axum::body::Body;
 use http::{HeaderValue, Request, Response, Uri};
 
 use crate::assertion::AssertionSigner;
-use crate::audit::event::{IdentityRecord, Timestamp};
+use crate::audit::event::Timestamp;
 use crate::audit::{AuditEvent, AuditSink, Decision, ModelRef, Usage};
 use crate::authn::{self, Authenticator, Identity};
 use crate::authz::{self, Authorizer};
@@ -97,7 +97,7 @@ impl Exchange {
             identity: None,
             model: None,
             action: None,
-            decision: Decision::deny("not authenticated"),
+            decision: NOT_AUTHENTICATED.clone(),
             upstream: None,
             error: None,
             bytes_in: Arc::new(AtomicU64::new(0)),
@@ -123,7 +123,7 @@ impl Exchange {
             duration_ms: (self.started.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
             bytes_in: self.bytes_in.load(Ordering::Relaxed),
             bytes_out,
-            identity: self.identity.as_deref().map(IdentityRecord::from),
+            identity: self.identity.as_deref().and_then(|identity| identity.audit_record.as_deref()),
             model: self.model.as_ref(),
             action: self.action,
             decision: &self.decision,
@@ -144,8 +144,8 @@ impl Exchange {
             http::StatusCode::FORBIDDEN | http::StatusCode::BAD_GATEWAY | http::StatusCode::GATEWAY_TIMEOUT => {}
             _ => {
                 self.decision.allow = false;
-                self.decision.policies.clear();
-                self.decision.reason = err.reason.to_string();
+                self.decision.policies = Arc::new([]);
+                self.decision.reason = err.reason.into();
             }
         }
         let error = self.error.take().unwrap_or_else(|| err.description.clone());
@@ -155,6 +155,11 @@ impl Exchange {
         response
     }
 }
+
+// The decisions every request starts with, built once (the clone is a reference count).
+static NOT_AUTHENTICATED: std::sync::LazyLock<Decision> =
+    std::sync::LazyLock::new(|| Decision::deny("not authenticated"));
+static AUTHENTICATED: std::sync::LazyLock<Decision> = std::sync::LazyLock::new(|| Decision::allow("authenticated"));
 
 /// nginx's "client closed request": no response was sent because the client left first.
 const CLIENT_CLOSED_REQUEST: u16 = 499;
@@ -234,7 +239,7 @@ async fn pipeline(
     let digest = authn::token_digest(token);
     let identity = gateway.authn.authenticate_digested(token, digest).await.map_err(|e| HttpError::from(&e))?;
     exchange.identity = Some(identity.clone());
-    exchange.decision = Decision::allow("authenticated");
+    exchange.decision = AUTHENTICATED.clone();
 
     // Size: a declared length over the limit is refused before a byte of the body is read.
     let body_limit = settings.max_request_body.unwrap_or(gateway.settings.server.max_request_body);
@@ -278,21 +283,21 @@ async fn pipeline(
         policy_set: gateway.authz.enabled().then(|| gateway.authz.policy_hash().clone()),
     };
     if !verdict.allow {
-        return Err(HttpError::forbidden(verdict.reason.clone()));
+        return Err(HttpError::forbidden(verdict.reason.to_string()));
     }
     let bill_to = match parts.headers.get(headers::X_HF_BILL_TO) {
         Some(value) => {
             let Ok(org) = value.to_str() else {
-                let reason = "X-HF-Bill-To is not a valid organisation name".to_string();
-                exchange.decision = Decision::deny(reason.clone());
-                return Err(HttpError::forbidden(reason));
+                let reason = "X-HF-Bill-To is not a valid organisation name";
+                exchange.decision = Decision::deny(reason);
+                return Err(HttpError::forbidden(reason.to_string()));
             };
             let billing = gateway.authz.may_bill(digest, &question, org);
             if !billing.allow {
                 exchange.decision.allow = false;
                 exchange.decision.reason = billing.reason.clone();
                 exchange.decision.policies = billing.policies.clone();
-                return Err(HttpError::forbidden(billing.reason.clone()));
+                return Err(HttpError::forbidden(billing.reason.to_string()));
             }
             Some(value.clone())
         }

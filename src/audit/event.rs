@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::authn::{Identity, IdentityKind};
+use crate::authn::IdentityKind;
 use crate::classify::Action;
 pub use crate::classify::ModelRef;
 
@@ -20,7 +20,8 @@ pub struct AuditEvent<'a> {
     pub duration_ms: f64,
     pub bytes_in: u64,
     pub bytes_out: u64,
-    pub identity: Option<IdentityRecord<'a>>,
+    /// The caller, as [`IdentityRecord`] serialized once per identity.
+    pub identity: Option<&'a serde_json::value::RawValue>,
     pub model: Option<&'a ModelRef>,
     pub action: Option<Action>,
     pub decision: &'a Decision,
@@ -39,37 +40,24 @@ pub struct IdentityRecord<'a> {
     pub client_id: Option<&'a str>,
 }
 
-impl<'a> From<&'a Identity> for IdentityRecord<'a> {
-    fn from(identity: &'a Identity) -> Self {
-        IdentityRecord {
-            issuer: &identity.issuer_url,
-            subject: &identity.subject,
-            email: identity.email.as_deref(),
-            groups: &identity.groups,
-            kind: identity.kind,
-            client_id: identity.client_id.as_deref(),
-        }
-    }
-}
-
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Decision {
     pub allow: bool,
-    /// Ids of the determining policies.
-    pub policies: Vec<String>,
-    pub reason: String,
+    /// Ids of the determining policies (shared with the cached verdict).
+    pub policies: std::sync::Arc<[String]>,
+    pub reason: std::sync::Arc<str>,
     /// Digest of the compiled policy set that decided (absent before authorization ran).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub policy_set: Option<std::sync::Arc<str>>,
 }
 
 impl Decision {
-    pub fn allow(reason: impl Into<String>) -> Decision {
-        Decision { allow: true, policies: Vec::new(), reason: reason.into(), policy_set: None }
+    pub fn allow(reason: impl Into<std::sync::Arc<str>>) -> Decision {
+        Decision { allow: true, policies: std::sync::Arc::new([]), reason: reason.into(), policy_set: None }
     }
 
-    pub fn deny(reason: impl Into<String>) -> Decision {
-        Decision { allow: false, policies: Vec::new(), reason: reason.into(), policy_set: None }
+    pub fn deny(reason: impl Into<std::sync::Arc<str>>) -> Decision {
+        Decision { allow: false, policies: std::sync::Arc::new([]), reason: reason.into(), policy_set: None }
     }
 }
 

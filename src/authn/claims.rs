@@ -34,6 +34,8 @@ pub struct Identity {
     pub valid_until: u64,
     /// The values hfgate sends upstream, encoded once.
     pub headers: IdentityHeaders,
+    /// The audit line's `identity` object, serialized once rather than on every request.
+    pub audit_record: Option<Box<serde_json::value::RawValue>>,
 }
 
 /// `X-Forwarded-User/Email/Groups` values, percent-encoded where a raw claim could not be a header.
@@ -78,7 +80,18 @@ pub fn identity_from_claims(issuer: &IssuerSettings, claims: &Map<String, Value>
             header_value(&joined.join(","))
         }),
     };
+    let record = crate::audit::event::IdentityRecord {
+        issuer: &issuer.issuer,
+        subject: &subject,
+        email: email.as_deref(),
+        groups: &groups,
+        kind,
+        client_id: client_id.as_deref(),
+    };
+    // Serializing strings and a list of strings does not fail.
+    let audit_record = serde_json::value::to_raw_value(&record).ok();
     Identity {
+        audit_record,
         issuer: issuer.name.as_str().into(),
         issuer_url: issuer.issuer.as_str().into(),
         subject,

@@ -90,7 +90,9 @@ pub struct ObservedBody<B> {
     bytes: u64,
     tap: UsageTap,
     idle: Duration,
-    deadline: Pin<Box<Sleep>>,
+    /// Armed the first time the upstream has nothing ready: a response that arrives in one piece (most
+    /// non-streamed answers) never touches the timer wheel.
+    deadline: Option<Pin<Box<Sleep>>>,
     on_end: Option<EndHook>,
     /// The body had nothing to send (HEAD, 204, 304): the server may drop it unpolled, which is not the
     /// client leaving.
@@ -106,8 +108,7 @@ impl<B> std::fmt::Debug for ObservedBody<B> {
 impl<B: Body> ObservedBody<B> {
     pub fn new(inner: B, tap: UsageTap, idle: Duration, on_end: EndHook) -> Self {
         let empty = inner.is_end_stream();
-        let deadline = Box::pin(tokio::time::sleep(idle));
-        ObservedBody { inner, bytes: 0, tap, idle, deadline, on_end: Some(on_end), empty }
+        ObservedBody { inner, bytes: 0, tap, idle, deadline: None, on_end: Some(on_end), empty }
     }
 }
 
@@ -141,8 +142,9 @@ where
                     this.bytes += data.len() as u64;
                     this.tap.feed(data);
                 }
-                let next = Instant::now() + this.idle;
-                this.deadline.as_mut().reset(next);
+                if let Some(deadline) = &mut this.deadline {
+                    deadline.as_mut().reset(Instant::now() + this.idle);
+                }
                 // With a known length the server may stop polling after the last byte: end here.
                 if this.inner.is_end_stream() {
                     this.end(None);
@@ -158,14 +160,16 @@ where
                 this.end(None);
                 Poll::Ready(None)
             }
-            Poll::Pending => match this.deadline.as_mut().poll(cx) {
-                Poll::Ready(()) => {
-                    let err = IdleTimeout(this.idle);
-                    this.end(Some(err.to_string()));
-                    Poll::Ready(Some(Err(Box::new(err))))
+            Poll::Pending => {
+                match this.deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(this.idle))).as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        let err = IdleTimeout(this.idle);
+                        this.end(Some(err.to_string()));
+                        Poll::Ready(Some(Err(Box::new(err))))
+                    }
+                    Poll::Pending => Poll::Pending,
                 }
-                Poll::Pending => Poll::Pending,
-            },
+            }
         }
     }
 
