@@ -131,13 +131,15 @@ pub fn upstream_headers(client: &HeaderMap, up: UpstreamIdentity<'_>) -> HeaderM
 
 /// Removes hop-by-hop headers from an upstream response.
 pub fn clean_response_headers(headers: &mut HeaderMap) {
-    // Most responses carry none: one pass over the names is cheaper than looking each one up.
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(&name.as_str())) {
+    // One pass over the names finds the few present (usually `Connection` alone, or none), instead of
+    // looking up every hop-by-hop name in every response.
+    let present: Vec<HeaderName> = headers.keys().filter(|name| HOP_BY_HOP.contains(&name.as_str())).cloned().collect();
+    if present.is_empty() {
         return;
     }
-    let named = connection_named(headers);
-    for name in HOP_BY_HOP.iter().copied().map(HeaderName::from_static).chain(named) {
-        headers.remove(&name);
+    let named = if present.contains(&header::CONNECTION) { connection_named(headers) } else { Vec::new() };
+    for name in present.iter().chain(&named) {
+        headers.remove(name);
     }
 }
 
