@@ -5,9 +5,14 @@ set -euo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(dirname "$BENCH_DIR")
-ALL_TARGETS=(direct nginx haproxy-rs256 hfgate-rs256 hfgate-5rules hfgate-500rules haproxy-es256 hfgate-es256)
+ALL_TARGETS=(direct nginx haproxy-rs256 hfgate-rs256 hfgate-5rules hfgate-500rules haproxy-es256 hfgate-es256
+  haproxy-rs256-distinct hfgate-rs256-distinct haproxy-es256-distinct hfgate-es256-distinct)
 # The rule targets: hfgate-rs256's configuration plus 40 more routes and this many [[allow]]/[[deny]] rules.
-declare -A RULE_COUNT=([hfgate-5rules]=5 [hfgate-500rules]=500)
+# hfgate-5rules is the full pipeline (authentication, a Cedar decision, the audit line, metrics) that the
+# requirements compare with HAProxy and nginx; the distinct-token hfgate targets run the same configuration.
+declare -A RULE_COUNT=([hfgate-5rules]=5 [hfgate-500rules]=500 [hfgate-rs256-distinct]=5 [hfgate-es256-distinct]=5)
+# Pool tokens live 23 h: below hfgate's default max_token_lifetime (24 h), so a cached pool serves a day.
+POOL_LIFETIME=82800
 
 usage() {
   cat <<EOF
@@ -20,9 +25,15 @@ Measures, in one run, requests/s and p50/p99 latency of:
   haproxy-es256   HAProxy 2.6 checking an ES256 JWT with jwt_verify
   hfgate-rs256    hfgate checking the same RS256 JWT
   hfgate-es256    hfgate checking the same ES256 JWT
-  hfgate-5rules   hfgate-rs256 plus 40 routes and 5 authorization rules (one permits the request)
+  hfgate-5rules   hfgate-rs256 plus 40 routes and 5 authorization rules (one permits the request):
+                  the full pipeline (authentication, Cedar decision, audit line, metrics)
   hfgate-500rules the same with 500 rules (bench/lib/rules.py); the ratio to hfgate-5rules is reported
-The proxy under test runs on CPU \$BENCH_PROXY_CPU (0); wrk and the upstream on CPU \$BENCH_LOAD_CPU (1).
+  haproxy-rs256-distinct, haproxy-es256-distinct
+                  HAProxy as above, a different valid token on every request
+  hfgate-rs256-distinct, hfgate-es256-distinct
+                  hfgate-5rules' configuration, a different valid token on every request
+The proxy under test and the upstream run on CPU \$BENCH_PROXY_CPU (0); wrk alone on CPU \$BENCH_LOAD_CPU (1).
+Distinct tokens: BENCH_DISTINCT_TOKENS per algorithm, kept in \$BENCH_TOKEN_CACHE for later runs.
 
 Options:
   --quick         short smoke run (1 s warm-up, 3 s measurement) unless the env overrides
@@ -34,6 +45,8 @@ Environment (defaults in brackets):
   BENCH_CONNECTIONS [64]  open connections               BENCH_THREADS [1]  wrk threads
   BENCH_ROUNDS [1]     times the whole target list is measured; medians are reported
   BENCH_PROXY_CPU [0]  BENCH_LOAD_CPU [1]                BENCH_PORT_BASE [18400]
+  BENCH_DISTINCT_TOKENS [20000 x (warm-up + duration in s), at least 20000]
+  BENCH_TOKEN_CACHE [bench/.token-cache; "off": make keys and tokens in the work directory each run]
   BENCH_WORKDIR [bench/.work]  HFGATE_BIN [target/release/hfgate]
 Output: a markdown table on stdout and in bench/results/latest.md.
 EOF
@@ -83,6 +96,11 @@ PORT_BASE=$(count BENCH_PORT_BASE "${BENCH_PORT_BASE:-18400}")
 WORK=${BENCH_WORKDIR:-$BENCH_DIR/.work}
 HFGATE=${HFGATE_BIN:-$REPO/target/release/hfgate}
 RESULTS_DIR=$BENCH_DIR/results
+# Enough distinct tokens for 20,000 requests/s over the warm-up and the measurement of one target
+# (signing them takes about 30 s on two idle cores for a full run); never fewer than the 20,000 asked for.
+DISTINCT_TOKENS=$(count BENCH_DISTINCT_TOKENS "${BENCH_DISTINCT_TOKENS:-$((20000 * (WARMUP + DURATION)))}")
+((DISTINCT_TOKENS >= 20000)) || DISTINCT_TOKENS=20000
+TOKEN_CACHE=${BENCH_TOKEN_CACHE:-$BENCH_DIR/.token-cache}
 
 ISSUER="https://bench.example"
 AUDIENCE="hfgate-bench"
@@ -95,7 +113,13 @@ if [[ -n $TARGETS_ARG ]]; then
 else
   TARGETS=("${ALL_TARGETS[@]}")
 fi
-wants() { [[ " ${TARGETS[*]} " == *" $1"* ]]; } # wants haproxy / wants hfgate-rs256
+wants() { [[ " ${TARGETS[*]} " == *" $1"* ]]; } # a prefix: wants haproxy / wants hfgate
+target_stem() { # the token algorithm of a target: rs256, es256, or nothing
+  case "$1" in
+    *rs256* | hfgate-*rules) echo rs256 ;;
+    *es256*) echo es256 ;;
+  esac
+}
 
 log() { printf '[bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -250,10 +274,73 @@ touch "$WORK/.hfgate-bench"
 RUN=$WORK/run
 mkdir -p "$RUN"/{upstream-nginx.tmp,proxy-nginx.tmp}
 
-log "generating an RSA-2048 and a P-256 key, the JWKS and the tokens"
-openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$WORK/keys/rs256.key.pem" 2>/dev/null
-openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$WORK/keys/es256.key.pem" 2>/dev/null
+# Keys live with the distinct-token pool in the cache (a pool is only valid with the keys that signed
+# it), or are made for this run when the cache is off.
+if [[ $TOKEN_CACHE == off ]]; then
+  POOL_BASE=$WORK
+else
+  POOL_BASE=$TOKEN_CACHE
+  mkdir -p "$POOL_BASE/keys" "$POOL_BASE/tokens" || die "cannot create the token cache $TOKEN_CACHE"
+fi
+declare -A KEYGEN=([rs256]="-algorithm RSA -pkeyopt rsa_keygen_bits:2048" [es256]="-algorithm EC -pkeyopt ec_paramgen_curve:P-256")
+for stem in rs256 es256; do
+  [[ -s $POOL_BASE/keys/$stem.key.pem ]] && continue
+  log "generating the ${stem^^} key in $POOL_BASE/keys"
+  # shellcheck disable=SC2086 # KEYGEN holds several arguments
+  openssl genpkey ${KEYGEN[$stem]} -out "$POOL_BASE/keys/$stem.key.pem.tmp" 2>/dev/null \
+    || die "openssl genpkey failed for $stem"
+  mv "$POOL_BASE/keys/$stem.key.pem.tmp" "$POOL_BASE/keys/$stem.key.pem"
+  rm -f "$POOL_BASE/tokens/$stem-distinct.meta" # a new key invalidates its pool
+done
+[[ $POOL_BASE == "$WORK" ]] || cp "$POOL_BASE"/keys/{rs256,es256}.key.pem "$WORK/keys/"
+log "writing the JWKS and the fixed tokens"
 python3 "$BENCH_DIR/lib/jwt.py" setup --dir "$WORK" --iss "$ISSUER" --aud "$AUDIENCE"
+
+# The distinct-token pools, for the algorithms of the distinct targets asked for. A cached pool is used
+# when it was signed by these keys for this issuer and audience, is large enough, and outlives the run.
+POOL_DIR=$POOL_BASE/tokens
+POOL_STEMS=()
+for target in "${TARGETS[@]}"; do
+  if [[ $target == *-distinct && " ${POOL_STEMS[*]-} " != *" $(target_stem "$target") "* ]]; then
+    POOL_STEMS+=("$(target_stem "$target")")
+  fi
+done
+pool_meta() { # the cache record of a pool: what it must match to be used again
+  printf 'version=1\niss=%s\naud=%s\nkey=%s\n' "$ISSUER" "$AUDIENCE" \
+    "$(sha256sum "$POOL_BASE/keys/$1.key.pem" | cut -d' ' -f1)"
+}
+pool_usable() { # pool_usable STEM NEEDED_UNTIL
+  local meta=$POOL_DIR/$1-distinct.meta count exp
+  [[ -f $meta && -s $POOL_DIR/$1-distinct.txt && -s $POOL_DIR/$1-distinct-check.jwt ]] || return 1
+  [[ $(grep -v -e '^count=' -e '^exp=' "$meta") == "$(pool_meta "$1" | sed '/^$/d')" ]] || return 1
+  count=$(sed -n 's/^count=//p' "$meta")
+  exp=$(sed -n 's/^exp=//p' "$meta")
+  [[ $count =~ ^[0-9]+$ && $exp =~ ^[0-9]+$ ]] && ((count >= DISTINCT_TOKENS && exp >= $2))
+}
+if ((${#POOL_STEMS[@]})); then
+  # The tokens must stay valid until the last target has run (generously estimated).
+  needed_until=$(($(date +%s) + 600 + ROUNDS * ${#TARGETS[@]} * (WARMUP + DURATION + 20)))
+  missing=()
+  for stem in "${POOL_STEMS[@]}"; do
+    pool_usable "$stem" "$needed_until" || missing+=("$stem")
+  done
+  if ((${#missing[@]})); then
+    log "signing $DISTINCT_TOKENS distinct tokens per algorithm for ${missing[*]} (into $POOL_DIR)"
+    for stem in "${missing[@]}"; do rm -f "$POOL_DIR/$stem-distinct.meta"; done
+    pool_exp=$(($(date +%s) + POOL_LIFETIME)) # no later than the tokens' own exp
+    pool_started=$SECONDS
+    python3 "$BENCH_DIR/lib/jwt.py" pool --dir "$POOL_BASE" --iss "$ISSUER" --aud "$AUDIENCE" \
+      --count "$DISTINCT_TOKENS" --lifetime "$POOL_LIFETIME" --algs "$(IFS=,; echo "${missing[*]}")" \
+      2>"$RUN/token-pool.log" || die "bench/lib/jwt.py pool failed: $(tail -n 5 "$RUN/token-pool.log")"
+    while read -r line; do log "$line"; done <"$RUN/token-pool.log"
+    POOL_SECONDS=$((SECONDS - pool_started))
+    for stem in "${missing[@]}"; do
+      { pool_meta "$stem"; echo "count=$DISTINCT_TOKENS"; echo "exp=$pool_exp"; } >"$POOL_DIR/$stem-distinct.meta"
+    done
+  else
+    log "distinct tokens: using the pools in $POOL_DIR (${POOL_STEMS[*]})"
+  fi
+fi
 
 next_port; UPSTREAM_PORT=$PORT
 next_port; JWKS_PORT=$PORT
@@ -278,13 +365,17 @@ AUDIT_PATH=$RUN/audit.jsonl
 render "$BENCH_DIR/conf/hfgate.toml.in" "$RUN/hfgate.toml" \
   PROXY_PORT="$HFGATE_PORT" ADMIN_PORT="$HFGATE_ADMIN_PORT" AUDIT_PATH="$AUDIT_PATH" \
   ISSUER="$ISSUER" AUDIENCE="$AUDIENCE" JWKS_PORT="$JWKS_PORT" UPSTREAM_PORT="$UPSTREAM_PORT"
-# The rule targets: the same file, then the generated routes and rules (deterministic; see rules.py).
-for target in "${!RULE_COUNT[@]}"; do
-  wants "$target" || continue
-  { cat "$RUN/hfgate.toml"; echo; python3 "$BENCH_DIR/lib/rules.py" --rules "${RULE_COUNT[$target]}" \
-      --upstream "http://127.0.0.1:$UPSTREAM_PORT" --summary 2>"$RUN/$target.rules.txt"; } >"$RUN/$target.toml" \
-    || die "bench/lib/rules.py failed: $(cat "$RUN/$target.rules.txt")"
-  log "$target: $(<"$RUN/$target.rules.txt")"
+# The rule configurations: the same file, then the generated routes and rules (deterministic; see
+# rules.py), one per rule count the chosen targets use.
+declare -A RULE_CONFIGS=()
+for target in "${TARGETS[@]}"; do
+  if [[ -n ${RULE_COUNT[$target]:-} ]]; then RULE_CONFIGS[${RULE_COUNT[$target]}]=1; fi
+done
+for n in "${!RULE_CONFIGS[@]}"; do
+  { cat "$RUN/hfgate.toml"; echo; python3 "$BENCH_DIR/lib/rules.py" --rules "$n" \
+      --upstream "http://127.0.0.1:$UPSTREAM_PORT" --summary 2>"$RUN/hfgate-${n}rules.txt"; } >"$RUN/hfgate-${n}rules.toml" \
+    || die "bench/lib/rules.py failed: $(cat "$RUN/hfgate-${n}rules.txt")"
+  log "hfgate-${n}rules.toml: $(<"$RUN/hfgate-${n}rules.txt")"
 done
 
 nginx -t -q -p "$RUN" -e "$RUN/nginx-t.log" -c "$RUN/upstream-nginx.conf" || die "upstream nginx config rejected"
@@ -293,8 +384,9 @@ for alg in rs256 es256; do
   haproxy -c -q -f "$RUN/haproxy-$alg.cfg" || die "HAProxy config haproxy-$alg.cfg rejected"
 done
 
-# The upstream (and the JWKS) stay up for the whole run, on the load-generator core.
-start_bg upstream-nginx "$LOAD_CPU" nginx -p "$RUN" -e "$RUN/upstream-nginx.error.log" -c "$RUN/upstream-nginx.conf"
+# The upstream (and the JWKS) stay up for the whole run, on the proxy's core: the load generator keeps
+# the other core to itself, so it is never what limits a proxy.
+start_bg upstream-nginx "$PROXY_CPU" nginx -p "$RUN" -e "$RUN/upstream-nginx.error.log" -c "$RUN/upstream-nginx.conf"
 UPSTREAM_PID=$LAST_PID
 for url in "http://127.0.0.1:$UPSTREAM_PORT/" "http://127.0.0.1:$JWKS_PORT/jwks.json"; do
   wait_http "$UPSTREAM_PID" "$url" 10 || die "the upstream nginx does not serve $url (log: $RUN/upstream-nginx.log, $RUN/upstream-nginx.error.log)"
@@ -303,12 +395,19 @@ done
 # ---------------------------------------------------------------- per-target start, checks, load
 
 # Functions below report a failure by setting FAIL_MSG and returning 1 (no subshells: they start processes).
-TARGET_PID="" TARGET_URL="" TARGET_TOKEN_STEM="" FAIL_MSG=""
+# TARGET_TOKENS: how wrk authenticates: "" (no token), fixed (the valid token on every request) or
+# distinct (a different pool token on every request).
+TARGET_PID="" TARGET_URL="" TARGET_TOKEN_STEM="" TARGET_TOKENS="" FAIL_MSG=""
 log_tail() { tail -n "${2:-5}" "$RUN/$1.log" 2>/dev/null | tr '\n' ' ' || true; }
 
-start_target() { # sets TARGET_PID TARGET_URL TARGET_TOKEN_STEM
+start_target() { # sets TARGET_PID TARGET_URL TARGET_TOKEN_STEM TARGET_TOKENS
   local target=$1 rc=0
-  TARGET_PID="" TARGET_TOKEN_STEM=""
+  TARGET_PID="" TARGET_TOKEN_STEM="" TARGET_TOKENS=""
+  if [[ $target == haproxy-* || $target == hfgate-* ]]; then
+    TARGET_TOKEN_STEM=$(target_stem "$target")
+    TARGET_TOKENS=fixed
+    [[ $target != *-distinct ]] || TARGET_TOKENS=distinct
+  fi
   case "$target" in
     direct)
       TARGET_PID=$UPSTREAM_PID
@@ -324,12 +423,11 @@ start_target() { # sets TARGET_PID TARGET_URL TARGET_TOKEN_STEM
         2) FAIL_MSG="nginx exited during start-up: $(log_tail "$target") $(tail -n 3 "$RUN/proxy-nginx.error.log" 2>/dev/null)"; return 1 ;;
       esac
       ;;
-    haproxy-rs256 | haproxy-es256)
-      local alg=${target#haproxy-}
+    haproxy-*)
+      local alg=$TARGET_TOKEN_STEM
       start_bg "$target" "$PROXY_CPU" haproxy -db -f "$RUN/haproxy-$alg.cfg"
       TARGET_PID=$LAST_PID
       TARGET_URL="http://127.0.0.1:${HAPROXY_PORT[$alg]}/"
-      TARGET_TOKEN_STEM=$alg
       local deadline=$((SECONDS + 10))
       until [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$TARGET_URL" || true) == 401 ]]; do
         kill -0 "$TARGET_PID" 2>/dev/null || { FAIL_MSG="haproxy exited during start-up: $(log_tail "$target")"; return 1; }
@@ -339,10 +437,8 @@ start_target() { # sets TARGET_PID TARGET_URL TARGET_TOKEN_STEM
       ;;
     hfgate-*)
       local config=$RUN/hfgate.toml
-      TARGET_TOKEN_STEM=${target#hfgate-}
       if [[ -n ${RULE_COUNT[$target]:-} ]]; then
-        config=$RUN/$target.toml
-        TARGET_TOKEN_STEM=rs256
+        config=$RUN/hfgate-${RULE_COUNT[$target]}rules.toml
         # A binary that cannot read the rules fails here, with its own words, not at start-up.
         if ! env -u RUST_LOG "$HFGATE" check --config "$config" >"$RUN/$target.check.log" 2>&1; then
           FAIL_MSG="'hfgate check --config $config' exited non-zero: $(head -c 400 "$RUN/$target.check.log" | tr '\n' ' ')"
@@ -370,7 +466,11 @@ stop_target() {
 # expect LABEL STATUS [TOKEN_FILE [METHOD]] : one request, status (and body for 200) must match
 expect() {
   local label=$1 want=$2 token_file=${3:-} method=${4:-GET} got auth=()
-  [[ -n $token_file ]] && auth=(-H "Authorization: Bearer $(<"$WORK/tokens/$token_file.jwt")")
+  if [[ -n $token_file ]]; then
+    local path=$WORK/tokens/$token_file.jwt
+    [[ $token_file != *-distinct-check ]] || path=$POOL_DIR/$token_file.jwt
+    auth=(-H "Authorization: Bearer $(<"$path")")
+  fi
   got=$(curl -sS --max-time 5 -X "$method" -o "$RUN/check.body" -w '%{http_code}' "${auth[@]+"${auth[@]}"}" "$TARGET_URL" 2>&1) || got="curl failed: $got"
   if [[ $got != "$want" ]]; then
     FAIL_MSG="check '$label': $method $TARGET_URL expected $want, got $got: $(head -c 300 "$RUN/check.body" 2>/dev/null | tr '\n' ' ')"
@@ -389,6 +489,10 @@ check_target() { # check_target TARGET
     return
   fi
   expect "valid token" 200 "$stem-valid" || return 1
+  if [[ $TARGET_TOKENS == distinct ]]; then
+    # Signed like the pool (which no check touches, so the load starts with unused tokens).
+    expect "distinct-pool token" 200 "$stem-distinct-check" || return 1
+  fi
   expect "no token" 401 || return 1
   for kind in tampered expired wrong-aud wrong-iss; do
     expect "$kind token" 401 "$stem-$kind" || return 1
@@ -426,13 +530,17 @@ thread_count() {
   echo "$n"
 }
 
-run_wrk() { # run_wrk SECONDS OUTFILE
-  local auth=() pid rc=0
-  [[ -n $TARGET_TOKEN_STEM ]] && auth=(-H "Authorization: Bearer $(<"$WORK/tokens/$TARGET_TOKEN_STEM-valid.jwt")")
+run_wrk() { # run_wrk SECONDS OUTFILE [FIRST_POOL_TOKEN]
+  local args=(-s "$BENCH_DIR/lib/report.lua") pid rc=0
+  case $TARGET_TOKENS in
+    fixed) args+=(-H "Authorization: Bearer $(<"$WORK/tokens/$TARGET_TOKEN_STEM-valid.jwt")" "$TARGET_URL") ;;
+    distinct)
+      args=(-s "$BENCH_DIR/lib/distinct.lua" "$TARGET_URL" -- "$POOL_DIR/$TARGET_TOKEN_STEM-distinct.txt" "${3:-0}" "$THREADS") ;;
+    *) args+=("$TARGET_URL") ;;
+  esac
   # In the background and waited for, so that Ctrl-C ends the run at once (the trap stops wrk too).
-  timeout --kill-after=5 $(($1 + 20)) taskset -c "$LOAD_CPU" \
-    wrk -t "$THREADS" -c "$CONNECTIONS" -d "${1}s" --timeout 5s --latency \
-    -s "$BENCH_DIR/lib/report.lua" "${auth[@]+"${auth[@]}"}" "$TARGET_URL" >"$2" 2>&1 </dev/null &
+  timeout --kill-after=5 $(($1 + 60)) taskset -c "$LOAD_CPU" \
+    wrk -t "$THREADS" -c "$CONNECTIONS" -d "${1}s" --timeout 5s --latency "${args[@]}" >"$2" 2>&1 </dev/null &
   pid=$!
   PIDS+=("$pid")
   wait "$pid" || rc=$?
@@ -441,17 +549,24 @@ run_wrk() { # run_wrk SECONDS OUTFILE
 }
 
 TSV=$RUN/results.tsv
-printf 'round\ttarget\tstatus\trequests\tduration_us\tp50_us\tp99_us\terr_socket\terr_status\tcpu_proxy\tcpu_load\tproc_cpu\tthreads\taudit_lines\tother_proxy\tother_load\tnote\n' >"$TSV"
-record() { # record ROUND TARGET STATUS NOTE [fields...]
-  local round=$1 target=$2 status=$3 note=$4
+COLUMNS_TSV=(round target status requests duration_us p50_us p99_us err_socket err_status cpu_proxy cpu_load
+  proc_cpu upstream_cpu threads audit_lines other_proxy other_load tokens_sent tokens_reused tokens_pool
+  audit_subjects note)
+(IFS=$'\t'; echo "${COLUMNS_TSV[*]}") >"$TSV"
+record() { # record ROUND TARGET STATUS NOTE [fields...] (the fields between status and note, in order)
+  local round=$1 target=$2 status=$3 note=$4 fields=() i
   shift 4
-  if (($# == 0)); then set -- - - - - - - - - - - - - -; fi
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
-    "$round" "$target" "$status" "$@" "${note//$'\t'/ }" >>"$TSV"
+  fields=("$@")
+  for ((i = ${#fields[@]}; i < ${#COLUMNS_TSV[@]} - 4; i++)); do fields+=(-); done
+  (IFS=$'\t'; echo "$round"$'\t'"$target"$'\t'"$status"$'\t'"${fields[*]}"$'\t'"${note//$'\t'/ }") >>"$TSV"
 }
 
 CLK_TCK=$(getconf CLK_TCK)
 FAILED=0
+
+bench_line() { # bench_line PREFIX FILE KEY: one key=value field of wrk's BENCH_RESULT / BENCH_TOKENS line
+  sed -n "s/^$1 .*\b$3=\([0-9]*\).*/\1/p" "$2" | head -n 1
+}
 
 measure() { # measure ROUND TARGET
   local round=$1 target=$2
@@ -468,11 +583,17 @@ measure() { # measure ROUND TARGET
     return 0
   fi
 
-  local out=$RUN/wrk-$target-r$round
-  run_wrk "$WARMUP" "$out.warmup.txt" || { record "$round" "$target" failed "wrk warm-up failed: $(tail -n 3 "$out.warmup.txt" | tr '\n' ' ')"; stop_target; FAILED=1; return 0; }
+  local out=$RUN/wrk-$target-r$round first_token=0
+  run_wrk "$WARMUP" "$out.warmup.txt" 0 || { record "$round" "$target" failed "wrk warm-up failed: $(tail -n 3 "$out.warmup.txt" | tr '\n' ' ')"; stop_target; FAILED=1; return 0; }
+  if [[ $TARGET_TOKENS == distinct ]]; then
+    # The measurement starts where the warm-up stopped: the same process never sees a token twice.
+    first_token=$(bench_line BENCH_TOKENS "$out.warmup.txt" next)
+    [[ -n $first_token ]] || { record "$round" "$target" failed "no BENCH_TOKENS line in $out.warmup.txt"; stop_target; FAILED=1; return 0; }
+  fi
 
   # CPU accounting over the measurement: both cores from /proc/stat, and what our own processes used
-  # (the proxy under test; the upstream; wrk, counted through this shell's reaped-children times).
+  # (the proxy under test and the upstream on the proxy core; wrk on the load core, counted through
+  # this shell's reaped-children times).
   local p0 l0 pr0 up0 ch0 p1 l1 pr1 up1 ch1 threads
   read -r -a p0 <<<"$(cpu_ticks "$PROXY_CPU")"
   read -r -a l0 <<<"$(cpu_ticks "$LOAD_CPU")"
@@ -480,7 +601,7 @@ measure() { # measure ROUND TARGET
   up0=$(proc_ticks "$UPSTREAM_PID")
   children_ticks
   ch0=$CHILD_TICKS
-  if ! run_wrk "$DURATION" "$out.txt"; then
+  if ! run_wrk "$DURATION" "$out.txt" "$first_token"; then
     record "$round" "$target" failed "wrk failed: $(tail -n 3 "$out.txt" | tr '\n' ' ')"
     stop_target; FAILED=1; return 0
   fi
@@ -499,15 +620,17 @@ measure() { # measure ROUND TARGET
   local kv
   for kv in ${line#BENCH_RESULT }; do r[${kv%%=*}]=${kv#*=}; done
 
-  local cpu_proxy cpu_load proc_cpu other_proxy other_load ours_proxy sock_err status=ok note=""
+  local cpu_proxy cpu_load proc_cpu upstream_cpu other_proxy other_load ours_proxy sock_err status=ok note=""
+  local tokens_sent=- tokens_reused=- tokens_pool=- pool_lines
   pct() { awk -v a="$1" -v t="$2" 'BEGIN { v = t > 0 ? 100 * a / t : 0; printf "%.0f", v < 0 ? 0 : v }'; }
   cpu_proxy=$(pct "$((p1[0] - p0[0]))" "$((p1[1] - p0[1]))")
   cpu_load=$(pct "$((l1[0] - l0[0]))" "$((l1[1] - l0[1]))")
   proc_cpu=$(pct "$((pr1 - pr0))" "$((p1[1] - p0[1]))")
-  ours_proxy=$((pr1 - pr0))
-  [[ $target == direct ]] && ours_proxy=0 # the upstream runs on the load core
+  upstream_cpu=$(pct "$((up1 - up0))" "$((p1[1] - p0[1]))")
+  ours_proxy=$((pr1 - pr0 + up1 - up0))
+  [[ $target == direct ]] && ours_proxy=$((up1 - up0)) # the measured process is the upstream
   other_proxy=$(pct "$((p1[0] - p0[0] - ours_proxy))" "$((p1[1] - p0[1]))")
-  other_load=$(pct "$((l1[0] - l0[0] - (up1 - up0) - (ch1 - ch0)))" "$((l1[1] - l0[1]))")
+  other_load=$(pct "$((l1[0] - l0[0] - (ch1 - ch0)))" "$((l1[1] - l0[1]))")
   sock_err=$((r[err_connect] + r[err_read] + r[err_write] + r[err_timeout]))
   # Busy time on a core that none of our processes accounts for was someone else's.
   if ((other_proxy > 15)); then
@@ -522,12 +645,38 @@ measure() { # measure ROUND TARGET
   elif ((sock_err > 0)); then
     note="$sock_err socket errors${note:+; $note}"
   fi
+  if [[ $TARGET_TOKENS == distinct ]]; then
+    tokens_sent=$(bench_line BENCH_TOKENS "$out.txt" sent)
+    tokens_reused=$(bench_line BENCH_TOKENS "$out.txt" reused)
+    tokens_pool=$(bench_line BENCH_TOKENS "$out.txt" pool)
+    if [[ -z $tokens_sent || -z $tokens_reused ]]; then
+      tokens_sent=- tokens_reused=-
+      note="${note:+$note; }no BENCH_TOKENS line in $out.txt"
+    elif ((tokens_reused > 0)); then
+      if [[ $target == haproxy-* ]]; then # it verifies every token every time: reuse changes nothing
+        note="${note:+$note; }$tokens_reused of $tokens_sent requests reused a token (pool $tokens_pool; HAProxy keeps no token cache)"
+      else
+        note="${note:+$note; }$tokens_reused of $tokens_sent requests reused a token (pool $tokens_pool; raise BENCH_DISTINCT_TOKENS)"
+      fi
+    fi
+  fi
 
-  local audit_lines=-
+  local audit_lines=- audit_subjects=-
   if [[ $target == hfgate-* ]]; then
     stop_target # flushes the audit sink before counting
     if [[ -f $AUDIT_PATH ]]; then
       audit_lines=$(wc -l <"$AUDIT_PATH")
+      if [[ $TARGET_TOKENS == distinct ]]; then
+        # Each pool token has its own sub: hfgate's own record of how many different tokens it
+        # authenticated, against how many requests carried a pool token (warm-up included).
+        read -r pool_lines audit_subjects < <(awk -v prefix="bench-$TARGET_TOKEN_STEM-" '
+          { i = index($0, "\"subject\":\"" prefix); if (!i) next
+            s = substr($0, i + 11); s = substr(s, 1, index(s, "\"") - 1); n++; if (!(s in seen)) { seen[s]; d++ } }
+          END { print n + 0, d + 0 }' "$AUDIT_PATH")
+        if ((audit_subjects < pool_lines)); then
+          note="${note:+$note; }the audit shows $pool_lines pool-token requests from only $audit_subjects tokens"
+        fi
+      fi
       # Keep a sample for inspection, not hundreds of megabytes.
       head -n 20 "$AUDIT_PATH" >"$RUN/audit-$target.sample.jsonl" || true
       rm -f "$AUDIT_PATH"
@@ -542,8 +691,8 @@ measure() { # measure ROUND TARGET
     stop_target
   fi
   record "$round" "$target" "$status" "$note" "${r[requests]}" "${r[duration_us]}" "${r[p50_us]}" "${r[p99_us]}" \
-    "$sock_err" "${r[err_status]}" "$cpu_proxy" "$cpu_load" "$proc_cpu" "$threads" "$audit_lines" \
-    "$other_proxy" "$other_load"
+    "$sock_err" "${r[err_status]}" "$cpu_proxy" "$cpu_load" "$proc_cpu" "$upstream_cpu" "$threads" "$audit_lines" \
+    "$other_proxy" "$other_load" "$tokens_sent" "$tokens_reused" "$tokens_pool" "$audit_subjects"
   log "$target: $(awk -v n="${r[requests]}" -v us="${r[duration_us]}" 'BEGIN { printf "%.0f", n / (us / 1e6) }') req/s, p50 $((r[p50_us])) us, p99 $((r[p99_us])) us${note:+ ($note)}"
 }
 
@@ -582,7 +731,11 @@ META=$RUN/meta.txt
   [[ -z $(git -C "$REPO" status --porcelain 2>/dev/null || true) ]] || commit+=" (uncommitted changes)"
   echo "commit=$commit"
   echo "load=wrk -t $THREADS -c $CONNECTIONS, ${WARMUP} s warm-up + ${DURATION} s measured per target, $ROUNDS round(s)"
-  echo "pinning=proxy under test on CPU $PROXY_CPU; wrk and the upstream on CPU $LOAD_CPU"
+  echo "pinning=proxy under test and the upstream on CPU $PROXY_CPU; wrk alone on CPU $LOAD_CPU"
+  if ((${#POOL_STEMS[@]})); then
+    echo "tokens=distinct-token targets: pools of $(for stem in "${POOL_STEMS[@]}"; do
+      printf '%s %s, ' "$(wc -l <"$POOL_DIR/$stem-distinct.txt")" "${stem^^}"; done | sed 's/, $//') tokens${POOL_SECONDS:+ (signed in $POOL_SECONDS s this run)}"
+  fi
 } >"$META"
 
 stamp=$(date -u +%Y%m%d-%H%M%S)

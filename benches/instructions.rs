@@ -53,12 +53,7 @@ const OPERATIONS: &[Operation] = &[
         run: measure_verify_rs256,
         what: "full RS256 verification, no cache: parse, issuer, key, signature, claims, identity",
     },
-    Operation {
-        name: "verify_es256",
-        iterations: 100,
-        run: measure_verify_es256,
-        what: "the same with an ES256 token",
-    },
+    Operation { name: "verify_es256", iterations: 100, run: measure_verify_es256, what: "the same with ES256 tokens" },
     Operation {
         name: "authenticate_first_seen_rs256",
         iterations: 100,
@@ -118,10 +113,12 @@ const OPERATIONS: &[Operation] = &[
 /// Everything the operations need, built before any measurement.
 struct Fixture {
     authn: Authenticator,
+    /// The token of the cache-hit and decision measurements (authenticated during set-up).
     rs256: String,
-    es256: String,
-    /// Distinct valid RS256 tokens, one per iteration of the first-seen measurement.
-    fresh: Vec<String>,
+    /// Distinct valid tokens, one per iteration (ECDSA verification time depends on the signature, so
+    /// verifying many different ones gives a steady average), plus spares for the checks.
+    fresh_rs256: Vec<String>,
+    fresh_es256: Vec<String>,
     identity: Arc<Identity>,
     digest: [u8; 32],
     /// Digests no decision or assertion was cached for, one per iteration.
@@ -141,21 +138,22 @@ struct Fixture {
 
 #[inline(never)]
 fn measure_verify_rs256(f: &Fixture, n: usize) {
-    for _ in 0..n {
-        black_box(ready(f.authn.verify(black_box(&f.rs256))).ok());
+    for token in &f.fresh_rs256[..n] {
+        black_box(ready(f.authn.verify(black_box(token))).ok());
     }
 }
 
 #[inline(never)]
 fn measure_verify_es256(f: &Fixture, n: usize) {
-    for _ in 0..n {
-        black_box(ready(f.authn.verify(black_box(&f.es256))).ok());
+    for token in &f.fresh_es256[..n] {
+        black_box(ready(f.authn.verify(black_box(token))).ok());
     }
 }
 
 #[inline(never)]
 fn measure_authenticate_first_seen_rs256(f: &Fixture, n: usize) {
-    for token in &f.fresh[..n] {
+    // verify_rs256 caches nothing, so these tokens are still unseen here.
+    for token in &f.fresh_rs256[..n] {
         black_box(ready(f.authn.authenticate(black_box(token))).ok());
     }
 }
@@ -313,7 +311,7 @@ credential = "none"
         rules_fragment(rules)?
     );
     hfgate::config::parse(Path::new("instructions.toml"), &text).map_err(|e| {
-        let issues: Vec<String> = e.issues().iter().map(|i| format!("{}: {}: {}", i.line, i.key, i.message)).collect();
+        let issues: Vec<String> = e.issues().iter().map(ToString::to_string).collect();
         anyhow::anyhow!("the benchmark configuration is invalid: {e} {}", issues.join("; "))
     })
 }
@@ -350,11 +348,12 @@ fn fixture(runtime: &tokio::runtime::Runtime) -> anyhow::Result<Fixture> {
     }
 
     let rs256 = token(&rs, "bench-user")?;
-    let es256 = token(&es, "bench-user")?;
-    // Every first-seen token differs (sub and jti), plus a few for the warm-up call.
-    let fresh = (0..max("authenticate_first_seen_rs256") + 3)
-        .map(|n| token(&rs, &format!("bench-user-{n}")))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    // Every fresh token differs (sub and jti); three spares at the end serve the checks.
+    let fresh = |key: &SigningKey, count: usize| {
+        (0..count + 3).map(|n| token(key, &format!("bench-user-{n}"))).collect::<anyhow::Result<Vec<_>>>()
+    };
+    let fresh_rs256 = fresh(&rs, max("verify_rs256").max(max("authenticate_first_seen_rs256")))?;
+    let fresh_es256 = fresh(&es, max("verify_es256"))?;
     let identity = ready(authn.authenticate(&rs256)).context("the benchmark token is refused")?;
 
     let routes = RouteTable::new(&settings5.routes);
@@ -378,7 +377,7 @@ fn fixture(runtime: &tokio::runtime::Runtime) -> anyhow::Result<Fixture> {
     let openai_body = serde_json::to_vec(&json!({
         "model": "meta-llama/Llama-3.1-8B-Instruct",
         "messages": [
-            {"role": "system", "content": "You are a helpful assistant."},
+            {"role": "system", "content": "Reply in one short sentence."},
             {"role": "user", "content": "Summarize the following paragraph in one sentence: the quick brown fox jumps over the lazy dog, again and again, until the dog gets up and leaves."}
         ],
         "max_tokens": 256,
@@ -390,8 +389,8 @@ fn fixture(runtime: &tokio::runtime::Runtime) -> anyhow::Result<Fixture> {
         digest: token_digest(&rs256),
         authn,
         rs256,
-        es256,
-        fresh,
+        fresh_rs256,
+        fresh_es256,
         identity,
         new_digests,
         authz5: authorizer(&settings5)?,
@@ -407,11 +406,12 @@ fn fixture(runtime: &tokio::runtime::Runtime) -> anyhow::Result<Fixture> {
 /// Each operation once, outside the measured functions: the results must be what the benchmark
 /// claims to measure, and one-time work (lazy statics, first allocations) is paid here.
 fn check(f: &Fixture) -> anyhow::Result<()> {
-    ready(f.authn.verify(&f.rs256)).context("RS256 verification failed")?;
-    ready(f.authn.verify(&f.es256)).context("ES256 verification failed")?;
-    // The first-seen warm-up uses tokens past the measured ones.
-    let spare = &f.fresh[f.fresh.len() - 3..];
-    for token in spare {
+    // The spare tokens past the measured ones: verified, and authenticated first-seen.
+    for token in &f.fresh_es256[f.fresh_es256.len() - 3..] {
+        ready(f.authn.verify(token)).context("ES256 verification failed")?;
+    }
+    for token in &f.fresh_rs256[f.fresh_rs256.len() - 3..] {
+        ready(f.authn.verify(token)).context("RS256 verification failed")?;
         ready(f.authn.authenticate(token)).context("a first-seen token is refused")?;
     }
     ready(f.authn.authenticate(&f.rs256)).context("the cached token is refused")?;

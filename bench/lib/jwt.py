@@ -1,27 +1,42 @@
 #!/usr/bin/env python3
 """Build the benchmark's JWKS and JWTs from PEM keys made by openssl.
 
-Standard library only; signatures come from `openssl dgst -sha256 -sign`.
+Standard library only. Signatures come from the system's libcrypto (OpenSSL) through ctypes, with
+the key loaded once per process, so tens of thousands of tokens take seconds, not one `openssl`
+process each.
 
     jwt.py setup --dir DIR --iss ISS --aud AUD
+    jwt.py pool  --dir DIR --iss ISS --aud AUD --count N [--algs rs256,es256]
 
-expects DIR/keys/rs256.key.pem and DIR/keys/es256.key.pem (private keys) and
-writes:
+Both expect DIR/keys/rs256.key.pem and DIR/keys/es256.key.pem (private keys). `setup` writes:
 
     DIR/keys/{rs256,es256}.pub.pem   public keys (PEM, for HAProxy's jwt_verify)
     DIR/jwks.json                    both public keys as a JWK Set (for hfgate)
     DIR/tokens/<alg>-<kind>.jwt      one token per algorithm and kind:
-        valid      the token every benchmark request carries (groups = ["bench"])
+        valid      the token every fixed-token request carries (groups = ["bench"])
         nobody     the valid token's claims with groups = ["nobody"] (no rule permits it)
         expired    exp one hour in the past
         wrong-aud  aud is not the configured audience
         wrong-iss  iss is not the configured issuer
         tampered   the valid token with one signature byte changed
+
+`pool` writes, per algorithm, N distinct valid tokens for the distinct-token targets:
+
+    DIR/tokens/<alg>-distinct.txt        one token a line; token n has sub "bench-<alg>-<n>" and
+                                         jti "<alg>-<n>", the valid token's other claims
+    DIR/tokens/<alg>-distinct-check.jwt  token N, made the same way and not in the file, for the
+                                         checks before the load (so the checks use no pool token)
+
+The pool is signed by one process per CPU this script may run on.
 """
 
 import argparse
 import base64
+import ctypes
+import ctypes.util
+import hashlib
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -32,6 +47,7 @@ ALGS = {
     "RS256": ("rs256", "bench-rs256"),
     "ES256": ("es256", "bench-es256"),
 }
+STEMS = {stem: alg for alg, (stem, _) in ALGS.items()}
 
 
 def b64url(data: bytes) -> str:
@@ -49,6 +65,55 @@ def openssl(*args: str, stdin: bytes = b"") -> bytes:
     if proc.returncode != 0:
         sys.exit(f"openssl {' '.join(args)} failed: {proc.stderr.decode(errors='replace')}")
     return proc.stdout
+
+
+# --- signing through libcrypto: EVP_PKEY_sign over a SHA-256 digest, one context per key ---
+
+class Signer:
+    """A private key loaded once; `sign(data)` is the JWS signature of SHA-256(data)."""
+
+    def __init__(self, alg: str, key_path: str):
+        name = ctypes.util.find_library("crypto") or "libcrypto.so.3"
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError as err:
+            sys.exit(f"cannot load libcrypto ({name}): {err}")
+        vp = ctypes.c_void_p
+        lib.BIO_new_mem_buf.restype = vp
+        lib.BIO_new_mem_buf.argtypes = [ctypes.c_char_p, ctypes.c_int]
+        lib.BIO_free.argtypes = [vp]
+        lib.PEM_read_bio_PrivateKey.restype = vp
+        lib.PEM_read_bio_PrivateKey.argtypes = [vp, vp, vp, vp]
+        lib.EVP_sha256.restype = vp
+        lib.EVP_PKEY_CTX_new.restype = vp
+        lib.EVP_PKEY_CTX_new.argtypes = [vp, vp]
+        lib.EVP_PKEY_sign_init.argtypes = [vp]
+        lib.EVP_PKEY_CTX_set_signature_md.argtypes = [vp, vp]
+        lib.EVP_PKEY_sign.argtypes = [vp, ctypes.c_char_p, ctypes.POINTER(ctypes.c_size_t),
+                                      ctypes.c_char_p, ctypes.c_size_t]
+        with open(key_path, "rb") as f:
+            pem = f.read()
+        bio = lib.BIO_new_mem_buf(pem, len(pem))
+        pkey = lib.PEM_read_bio_PrivateKey(bio, None, None, None)
+        lib.BIO_free(bio)
+        if not pkey:
+            sys.exit(f"libcrypto cannot read the private key {key_path}")
+        # One context, initialized once: PKCS#1 v1.5 (RSA's default) or ECDSA over a SHA-256 digest.
+        ctx = lib.EVP_PKEY_CTX_new(pkey, None)
+        if not ctx or lib.EVP_PKEY_sign_init(ctx) != 1 \
+                or lib.EVP_PKEY_CTX_set_signature_md(ctx, lib.EVP_sha256()) != 1:
+            sys.exit(f"libcrypto cannot sign with {key_path}")
+        self.alg, self.lib, self.ctx = alg, lib, ctx
+        self.buf = ctypes.create_string_buffer(1024)
+        self.len = ctypes.c_size_t()
+
+    def sign(self, data: bytes) -> bytes:
+        digest = hashlib.sha256(data).digest()
+        self.len.value = len(self.buf)
+        if self.lib.EVP_PKEY_sign(self.ctx, self.buf, ctypes.byref(self.len), digest, len(digest)) != 1:
+            sys.exit(f"libcrypto failed to sign ({self.alg})")
+        sig = self.buf.raw[:self.len.value]
+        return ecdsa_der_to_raw(sig) if self.alg == "ES256" else sig
 
 
 # --- a minimal DER reader: enough for SubjectPublicKeyInfo and ECDSA-Sig-Value ---
@@ -116,16 +181,13 @@ def ecdsa_der_to_raw(sig: bytes, size: int = 32) -> bytes:
     return out
 
 
-def sign(alg: str, key_path: str, signing_input: bytes) -> bytes:
-    sig = openssl("dgst", "-sha256", "-sign", key_path, stdin=signing_input)
-    return ecdsa_der_to_raw(sig) if alg == "ES256" else sig
+def compact(obj: dict) -> str:
+    return b64url(json.dumps(obj, separators=(",", ":")).encode())
 
 
-def mint(alg: str, kid: str, key_path: str, claims: dict) -> str:
-    header = {"alg": alg, "typ": "JWT", "kid": kid}
-    signing_input = (b64url(json.dumps(header, separators=(",", ":")).encode()) + "."
-                     + b64url(json.dumps(claims, separators=(",", ":")).encode()))
-    return signing_input + "." + b64url(sign(alg, key_path, signing_input.encode()))
+def mint(signer: Signer, kid: str, claims: dict) -> str:
+    signing_input = compact({"alg": signer.alg, "typ": "JWT", "kid": kid}) + "." + compact(claims)
+    return signing_input + "." + b64url(signer.sign(signing_input.encode()))
 
 
 def tamper(token: str) -> str:
@@ -134,6 +196,13 @@ def tamper(token: str) -> str:
     raw = bytearray(b64url_decode(sig))
     raw[len(raw) // 2] ^= 0x01
     return f"{head}.{body}.{b64url(bytes(raw))}"
+
+
+def base_claims(iss: str, aud: str, now: int, lifetime: int) -> dict:
+    # groups: what hfgate's rules match (its issuer's groups_claim, default "groups"); HAProxy
+    # ignores it. aud is a string: HAProxy 2.6's jwt_payload_query cannot match inside an array.
+    return {"iss": iss, "sub": "bench-user", "aud": aud, "iat": now, "exp": now + lifetime,
+            "groups": ["bench"]}
 
 
 def setup(directory: str, iss: str, aud: str, lifetime: int) -> None:
@@ -150,10 +219,8 @@ def setup(directory: str, iss: str, aud: str, lifetime: int) -> None:
         pub_der = openssl("pkey", "-pubin", "-outform", "DER", stdin=pub_pem)
         jwks["keys"].append(rsa_jwk(pub_der, kid) if alg == "RS256" else ec_jwk(pub_der, kid))
 
-        # groups: what hfgate's rules match (its issuer's groups_claim, default "groups");
-        # HAProxy ignores it.
-        base = {"iss": iss, "sub": "bench-user", "aud": aud, "iat": now, "exp": now + lifetime,
-                "groups": ["bench"]}
+        signer = Signer(alg, key_path)
+        base = base_claims(iss, aud, now, lifetime)
         variants = {
             "valid": base,
             "nobody": dict(base, groups=["nobody"]),
@@ -162,7 +229,7 @@ def setup(directory: str, iss: str, aud: str, lifetime: int) -> None:
             "wrong-iss": dict(base, iss="https://not-the-issuer.example"),
         }
         for kind, claims in variants.items():
-            token = mint(alg, kid, key_path, claims)
+            token = mint(signer, kid, claims)
             with open(os.path.join(tokens, f"{stem}-{kind}.jwt"), "w") as f:
                 f.write(token)
             if kind == "valid":
@@ -173,17 +240,81 @@ def setup(directory: str, iss: str, aud: str, lifetime: int) -> None:
         f.write("\n")
 
 
+# --- the distinct-token pool, signed in parallel (one worker process per CPU) ---
+
+_worker = {}
+
+
+def _pool_init(alg: str, key_path: str, kid: str, base: dict) -> None:
+    stem = ALGS[alg][0]
+    # The header is the same for every token: encode it once.
+    header = compact({"alg": alg, "typ": "JWT", "kid": kid})
+    _worker.update(signer=Signer(alg, key_path), header=header, base=base, stem=stem)
+
+
+def _pool_chunk(bounds):
+    start, end = bounds
+    signer, header, base, stem = _worker["signer"], _worker["header"], _worker["base"], _worker["stem"]
+    out = []
+    for n in range(start, end):
+        claims = dict(base, sub=f"bench-{stem}-{n}", jti=f"{stem}-{n}")
+        signing_input = header + "." + compact(claims)
+        out.append(signing_input + "." + b64url(signer.sign(signing_input.encode())))
+    return out
+
+
+def pool(directory: str, iss: str, aud: str, lifetime: int, count: int, stems: list) -> None:
+    tokens = os.path.join(directory, "tokens")
+    os.makedirs(tokens, exist_ok=True)
+    now = int(time.time())
+    base = base_claims(iss, aud, now, lifetime)
+    workers = max(1, len(os.sched_getaffinity(0)))
+    chunk = 2000
+    for stem in stems:
+        alg = STEMS[stem]
+        kid = ALGS[alg][1]
+        key_path = os.path.join(directory, "keys", f"{stem}.key.pem")
+        started = time.monotonic()
+        # count + 1 tokens: the last one is the check token, kept out of the file.
+        bounds = [(i, min(i + chunk, count + 1)) for i in range(0, count + 1, chunk)]
+        with multiprocessing.Pool(workers, _pool_init, (alg, key_path, kid, base)) as procs, \
+                open(os.path.join(tokens, f"{stem}-distinct.txt"), "w") as out:
+            made = 0
+            for lines in procs.imap(_pool_chunk, bounds):
+                for token in lines:
+                    if made < count:
+                        out.write(token)
+                        out.write("\n")
+                    else:
+                        with open(os.path.join(tokens, f"{stem}-distinct-check.jwt"), "w") as f:
+                            f.write(token)
+                    made += 1
+        print(f"{count} distinct {alg} tokens in {time.monotonic() - started:.1f} s "
+              f"({workers} processes)", file=sys.stderr)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("setup", help="write public keys, jwks.json and tokens")
-    p.add_argument("--dir", required=True)
-    p.add_argument("--iss", required=True)
-    p.add_argument("--aud", required=True)
-    p.add_argument("--lifetime", type=int, default=7200, help="seconds until exp (default 2 h)")
+    for name, text in (("setup", "write public keys, jwks.json and the fixed tokens"),
+                       ("pool", "write N distinct valid tokens per algorithm")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--dir", required=True)
+        p.add_argument("--iss", required=True)
+        p.add_argument("--aud", required=True)
+        p.add_argument("--lifetime", type=int, default=7200, help="seconds until exp (default 2 h)")
+        if name == "pool":
+            p.add_argument("--count", type=int, required=True)
+            p.add_argument("--algs", default="rs256,es256", help="comma-separated: rs256, es256")
     args = parser.parse_args()
     if args.command == "setup":
         setup(args.dir, args.iss, args.aud, args.lifetime)
+    else:
+        stems = [s for s in args.algs.split(",") if s]
+        unknown = [s for s in stems if s not in STEMS]
+        if unknown or not stems or args.count < 1:
+            parser.error(f"--algs takes rs256 and/or es256, --count a positive number (got {args.algs!r}, {args.count})")
+        pool(args.dir, args.iss, args.aud, args.lifetime, args.count, stems)
 
 
 if __name__ == "__main__":
