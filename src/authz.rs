@@ -58,7 +58,6 @@ struct CacheKey {
 pub struct Authorizer {
     /// False when no rule and no policy file exist: authentication alone decides.
     enabled: bool,
-    schema: Schema,
     per_route: Vec<PolicySet>,
     /// Rule id → bill_to, in config order.
     bill_to_rules: Vec<(String, String)>,
@@ -331,7 +330,6 @@ impl Authorizer {
         Ok(Authorizer {
             enabled,
             unconfigured,
-            schema,
             per_route,
             bill_to_rules,
             route_bill_to: route_bill,
@@ -550,6 +548,7 @@ groups = ["ml"]
         let authz = Authorizer::new(&settings).expect("policies");
         let routes = RouteTable::new(&settings.routes);
         let route = routes.find("/llm/x").expect("route");
+        let schema = schema().expect("the shipped schema parses");
         let issuer = crate::authn::claims::tests::issuer();
         let claims = [
             serde_json::json!({"sub": "alice", "email": "a@x", "groups": ["ml", "ops"]}),
@@ -570,7 +569,7 @@ groups = ["ml"]
             for classified in &shapes {
                 let question = Question { identity: &identity, route, method: "POST", path: "/llm/x", classified };
                 for (action, org) in [(classified.action.name(), None), ("bill", Some("acme"))] {
-                    let built = authz.request(&question, action, org, Some(&authz.schema));
+                    let built = authz.request(&question, action, org, Some(&schema));
                     assert!(built.is_ok(), "{claims} {action} {org:?}: {:?}", built.err());
                 }
             }
