@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test tier: formatting and lints, unit and integration tests (real sockets on 127.0.0.1),
-# and the end-to-end tier against real peers (oidc-provider as the IdP, the huggingface_hub and openai
-# Python clients). Installs what the tiers need: Debian packages if missing, npm and pip packages into
+# every fuzz target for a bounded time, and the end-to-end tier against real peers (oidc-provider as
+# the IdP, the huggingface_hub and openai Python clients). Installs what the tiers need: Debian packages if missing, npm and pip packages into
 # the repository (e2e/idp/node_modules, e2e/.venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +28,8 @@ echo "==> cargo clippy -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
 echo "==> unit and integration tests"
 cargo test --locked
+echo "==> fuzz targets, a few seconds each (FUZZ_SECONDS=600 scripts/fuzz.sh for a long run)"
+./scripts/fuzz.sh
 echo "==> end-to-end tests (oidc-provider, huggingface_hub, openai)"
 cargo build --locked --bin hfgate
 HFGATE_BIN="$PWD/target/debug/hfgate" e2e/run.sh
