@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test tier: formatting and lints, unit and integration tests (real sockets on 127.0.0.1),
 # every fuzz target for a bounded time, and the end-to-end tier against real peers (oidc-provider as
-# the IdP, the huggingface_hub and openai Python clients). Installs what the tiers need: Debian packages if missing, npm and pip packages into
-# the repository (e2e/idp/node_modules, e2e/.venv).
+# the IdP, the huggingface_hub and openai Python clients). Installs what the tiers need: Debian
+# packages if missing, cargo-fuzz, and npm and pip packages into the repository (e2e/idp/node_modules,
+# e2e/.venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
