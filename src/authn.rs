@@ -177,8 +177,17 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<&str, AuthError> {
 pub struct Authenticator {
     issuers: Vec<Arc<IssuerKeys>>,
     by_iss: HashMap<String, usize>,
-    cache: Cache<[u8; 32], Arc<Identity>>,
+    cache: Cache<[u8; 32], Verified>,
     expected_issuers: String,
+}
+
+/// A verified token as cached: who it names, and which issuer's key signed it, so that a key the IdP
+/// withdraws stops vouching for cached tokens too.
+#[derive(Clone)]
+struct Verified {
+    identity: Arc<Identity>,
+    issuer: usize,
+    key: [u8; 32],
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -190,9 +199,9 @@ impl std::fmt::Debug for Authenticator {
 /// Cache entries live until their token's `exp` + leeway, never longer.
 struct UntilExpiry;
 
-impl moka::Expiry<[u8; 32], Arc<Identity>> for UntilExpiry {
-    fn expire_after_create(&self, _: &[u8; 32], identity: &Arc<Identity>, _: std::time::Instant) -> Option<Duration> {
-        Some(Duration::from_secs(identity.valid_until.saturating_sub(unix_now()).saturating_add(1)))
+impl moka::Expiry<[u8; 32], Verified> for UntilExpiry {
+    fn expire_after_create(&self, _: &[u8; 32], verified: &Verified, _: std::time::Instant) -> Option<Duration> {
+        Some(Duration::from_secs(verified.identity.valid_until.saturating_sub(unix_now()).saturating_add(1)))
     }
 }
 
@@ -223,7 +232,8 @@ impl Authenticator {
     }
 
     /// Authenticates a bearer token. A token seen before and not yet expired costs one digest and one
-    /// cache lookup; `exp` is re-checked on every read.
+    /// cache lookup; `exp` is re-checked on every read, and so is that its signing key is still published
+    /// (and not older than `jwks_max_stale`).
     pub async fn authenticate(&self, token: &str) -> Result<Arc<Identity>, AuthError> {
         self.authenticate_digested(token, token_digest(token)).await
     }
@@ -233,27 +243,32 @@ impl Authenticator {
         if token.starts_with("hf_") {
             return Err(AuthError::HuggingFaceToken);
         }
-        if let Some(identity) = self.cache.get(&digest) {
-            if unix_now() <= identity.valid_until {
-                return Ok(identity);
+        if let Some(verified) = self.cache.get(&digest) {
+            if unix_now() <= verified.identity.valid_until && self.issuers[verified.issuer].still_trusts(&verified.key)
+            {
+                return Ok(verified.identity);
             }
+            // Expired, or its key withdrawn or stale: verify afresh, which names the failed check.
             self.cache.invalidate(&digest);
         }
-        let identity = Arc::new(self.verify(token).await?);
-        self.cache.insert(digest, identity.clone());
+        let (identity, issuer, key) = self.verify_keyed(token).await?;
+        let identity = Arc::new(identity);
+        self.cache.insert(digest, Verified { identity: identity.clone(), issuer, key });
         Ok(identity)
     }
 
     /// Full verification, no cache: parse, pick the issuer by `iss`, check the algorithm, find the key,
     /// verify the signature, then the claims.
     pub async fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        self.verify_keyed(token).await.map(|(identity, _, _)| identity)
+    }
+
+    /// [`Authenticator::verify`], also naming the issuer (by index) and the fingerprint of the key that verified.
+    async fn verify_keyed(&self, token: &str) -> Result<(Identity, usize, [u8; 32]), AuthError> {
         let jwt = jwt::parse(token)?;
         let iss = jwt.issuer()?;
-        let keys = self
-            .by_iss
-            .get(iss)
-            .map(|&i| &self.issuers[i])
-            .ok_or_else(|| AuthError::UnknownIssuer(self.expected_issuers.clone()))?;
+        let issuer = *self.by_iss.get(iss).ok_or_else(|| AuthError::UnknownIssuer(self.expected_issuers.clone()))?;
+        let keys = &self.issuers[issuer];
         let settings = &keys.settings;
         if !settings.algorithms.contains(&jwt.header.alg) {
             return Err(AuthError::AlgNotAllowed {
@@ -265,7 +280,7 @@ impl Authenticator {
         let key = keys.key_for(jwt.header.kid.as_deref(), jwt.header.alg).await?;
         jwt.verify(&key)?;
         let validity = jwt::check_claims(&jwt, settings, unix_now())?;
-        Ok(claims::identity_from_claims(settings, &jwt.claims, validity.expires_at))
+        Ok((claims::identity_from_claims(settings, &jwt.claims, validity.expires_at), issuer, key.fingerprint))
     }
 }
 

@@ -41,6 +41,23 @@ async fn issuer_key_rotation_is_picked_up_without_restart() {
     assert!(text.contains("hfgate_jwks_fetches_total{issuer=\"dev\",result=\"ok\"} 2"), "{text}");
 }
 
+/// A key the issuer withdraws stops vouching for tokens it signed, even those already verified and cached.
+#[tokio::test]
+async fn a_withdrawn_key_revokes_cached_tokens() {
+    let stack = Stack::start().await;
+    let old_token = stack.token("alice");
+    assert_eq!(stack.get("/tgi/echo", Some(&old_token)).await.status, StatusCode::OK, "verified and cached");
+
+    stack.issuer.rotate(Algorithm::ES256).expect("rotate");
+    stack.issuer.retire_old_keys();
+    // A token of the new key makes hfgate refetch the JWKS, which no longer holds the old key.
+    assert_eq!(stack.get("/tgi/echo", Some(&stack.token("bob"))).await.status, StatusCode::OK);
+
+    let reply = stack.get("/tgi/echo", Some(&old_token)).await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{}", reply.text());
+    assert!(reply.description().starts_with("unknown kid"), "{}", reply.description());
+}
+
 #[tokio::test]
 async fn a_flood_of_unknown_kids_costs_the_issuer_at_most_one_fetch_per_interval() {
     let stack =

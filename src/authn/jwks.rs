@@ -28,6 +28,8 @@ pub const ON_DEMAND_WAIT: Duration = Duration::from_secs(2);
 pub struct VerifyingKey {
     pub kid: Option<String>,
     pub family: KeyFamily,
+    /// SHA-256 of the public key: tells whether a later JWKS still holds this key, whatever its kid.
+    pub fingerprint: [u8; 32],
     parsed: Vec<(Algorithm, ParsedPublicKey)>,
 }
 
@@ -141,7 +143,9 @@ impl VerifyingKey {
                 None => format!("any for {family}"),
             }));
         }
-        Ok(VerifyingKey { kid: raw.kid, family, parsed })
+        let mut fingerprint = [0u8; 32];
+        fingerprint.copy_from_slice(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &bytes).as_ref());
+        Ok(VerifyingKey { kid: raw.kid, family, fingerprint, parsed })
     }
 }
 
@@ -235,6 +239,16 @@ impl KeySet {
 
     pub fn len(&self) -> usize {
         self.all.len()
+    }
+
+    /// Whether two sets hold the same keys (in any order).
+    pub fn same_keys(&self, other: &KeySet) -> bool {
+        self.all.len() == other.all.len() && self.all.iter().all(|key| other.holds(&key.fingerprint))
+    }
+
+    /// Whether this set still holds the key with this fingerprint.
+    pub fn holds(&self, fingerprint: &[u8; 32]) -> bool {
+        self.all.iter().any(|key| key.fingerprint == *fingerprint)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -409,6 +423,12 @@ impl IssuerKeys {
         }
     }
 
+    /// Whether a token verified earlier with this key may still be served from the cache: the key is
+    /// still published (a key the IdP withdrew revokes what it signed) and the keys are not stale.
+    pub fn still_trusts(&self, fingerprint: &[u8; 32]) -> bool {
+        self.usable_snapshot().is_some_and(|set| set.holds(fingerprint))
+    }
+
     /// The current keys unless they are older than `jwks_max_stale` (then hfgate fails closed).
     fn usable_snapshot(&self) -> Option<Arc<KeySet>> {
         self.current.load_full().filter(|set| set.fetched_at.elapsed() <= self.settings.jwks_max_stale)
@@ -441,9 +461,12 @@ impl IssuerKeys {
     pub async fn run_refresh(self: Arc<Self>) {
         let mut failures: u32 = 0;
         loop {
+            let before = self.current.load_full();
             let wait = match self.refresh().await {
                 Ok(set) => {
-                    if failures > 0 || set.fetched_at.elapsed() < Duration::from_secs(1) {
+                    // Logged when something happened: the first load, a recovery, or a change of keys.
+                    let changed = before.is_none_or(|old| !old.same_keys(&set));
+                    if failures > 0 || changed {
                         tracing::info!(issuer = %self.settings.name, keys = set.len(), "JWKS loaded");
                     }
                     failures = 0;
