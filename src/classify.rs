@@ -225,15 +225,7 @@ mod tests {
     use super::testkit::{Rng, random_body, random_method, random_path};
     use super::*;
 
-    const KINDS: [ApiKind; 7] = [
-        ApiKind::OpenAi,
-        ApiKind::Tgi,
-        ApiKind::Tei,
-        ApiKind::HfInference,
-        ApiKind::Router,
-        ApiKind::Hub,
-        ApiKind::Generic,
-    ];
+    const KINDS: [ApiKind; 7] = ApiKind::ALL;
 
     #[test]
     fn action_names_round_trip() {

@@ -82,7 +82,7 @@ async fn a_content_length_over_the_default_body_limit_is_refused_413_before_the_
     assert_eq!(line["status"], 413);
 }
 
-/// the server-wide limit and a per-route override, by Content-Length and for a chunked body
+/// The server-wide limit and a per-route override, by Content-Length and for a chunked body
 /// that grows past the limit while it streams (the upstream request is aborted, the caller gets 413).
 #[tokio::test]
 async fn body_limits_apply_per_route_by_length_and_while_streaming() {
@@ -316,7 +316,7 @@ async fn identity_values_cannot_forge_headers_or_split_groups() {
 
 // --- duplicate and look-alike model ids ------------------------------------------------------------------
 
-/// a body naming `model` twice at its top level is ambiguous (hfgate and the upstream could
+/// A body naming `model` twice at its top level is ambiguous (hfgate and the upstream could
 /// read different models) and is refused 400 before the upstream; duplicates below the top level do not
 /// name the model and pass.
 #[tokio::test]
@@ -423,7 +423,7 @@ async fn a_100_kb_token_gets_431_under_the_default_header_limit() {
     assert_eq!(stack.get("/tgi/echo", Some(&stack.token("alice"))).await.status, StatusCode::OK);
 }
 
-/// with a raised header limit the token reaches hfgate, which refuses anything over 16 KiB as
+/// With a raised header limit the token reaches hfgate, which refuses anything over 16 KiB as
 /// `invalid_token` "token too large" without parsing it; one audit line each.
 #[tokio::test]
 async fn tokens_over_16_kib_are_refused_401_without_parsing() {
@@ -565,7 +565,7 @@ async fn a_discovery_document_naming_another_issuer_is_not_trusted() {
     assert_eq!(readyz.json()["issuers_loaded"]["dev"], false);
 }
 
-/// a discovered `jwks_uri` must share the issuer's origin; keys on another host (or port)
+/// A discovered `jwks_uri` must share the issuer's origin; keys on another host (or port)
 /// are not fetched, the issuer is not ready, and the log names the refused `jwks_uri`.
 #[tokio::test]
 async fn a_discovered_jwks_uri_on_another_origin_is_not_followed() {

@@ -115,7 +115,7 @@ async fn loaded_keys_keep_serving_while_the_issuer_black_holes() {
     unknown.abort();
 }
 
-/// with the issuer black-holing connections, a token with an unknown kid is refused 401 with
+/// With the issuer black-holing connections, a token with an unknown kid is refused 401 with
 /// a clear reason quickly, not after the issuer's fetch timeout; one audit line.
 #[tokio::test]
 async fn an_unknown_kid_is_refused_quickly_while_the_issuer_black_holes() {
@@ -286,9 +286,10 @@ async fn a_client_leaving_mid_stream_cancels_the_upstream_stream() {
 }
 
 /// A client leaving before the upstream's response headers: the upstream request is cancelled (no
-/// timeout can fire meanwhile, so only the departure can have ended it).
+/// timeout can fire meanwhile, so only the departure can have ended it), and the request still leaves
+/// exactly one audit line, status 499, naming the disconnect.
 #[tokio::test]
-async fn a_client_leaving_before_the_response_cancels_the_upstream_request() {
+async fn a_client_leaving_before_the_response_cancels_the_upstream_request_and_is_audited_once() {
     let (stack, probe) = with_probe(LONG_TIMEOUTS, Options::default()).await;
     let request = format!(
         "GET /probe/hang/left-early HTTP/1.1\r\nHost: gate\r\nAuthorization: Bearer {}\r\n\r\n",
@@ -299,20 +300,8 @@ async fn a_client_leaving_before_the_response_cancels_the_upstream_request() {
     let cancelled =
         probe.wait_for(Duration::from_secs(3), |log| log.cancelled.iter().any(|t| t == "/hang/left-early")).await;
     assert!(cancelled, "the upstream request outlived its client: {:?}", probe.log());
-}
-
-/// a client leaving before the response headers still leaves exactly one audit line, which
-/// records the disconnect.
-#[tokio::test]
-async fn a_client_leaving_before_the_response_is_audited_once() {
-    let (stack, probe) = with_probe(LONG_TIMEOUTS, Options::default()).await;
-    let request = format!(
-        "GET /probe/hang/left-early HTTP/1.1\r\nHost: gate\r\nAuthorization: Bearer {}\r\n\r\n",
-        stack.token("alice")
-    );
-    let stream = client_that_leaves(stack.server.proxy_addr, &request, &probe, "/hang/left-early").await;
-    drop(stream);
     let line = stack.one_audit_line("/probe/hang/left-early").await;
+    assert_eq!(line["status"], 499, "{line}");
     assert!(line["error"].as_str().is_some_and(|e| e.contains("client")), "{line}");
 }
 

@@ -575,15 +575,7 @@ pub fn path(data: &[u8]) {
 // classify: every API kind on any method, path and body.
 // ---------------------------------------------------------------------------------------------------
 
-const KINDS: [ApiKind; 7] = [
-    ApiKind::OpenAi,
-    ApiKind::Tgi,
-    ApiKind::Tei,
-    ApiKind::HfInference,
-    ApiKind::Router,
-    ApiKind::Hub,
-    ApiKind::Generic,
-];
+const KINDS: [ApiKind; 7] = ApiKind::ALL;
 
 const METHODS: [&str; 14] = [
     "GET", "POST", "HEAD", "OPTIONS", "PUT", "PATCH", "DELETE", "TRACE", "CONNECT", "get", "post", "PROPFIND",

@@ -186,6 +186,17 @@ impl ApiKind {
         ("generic", ApiKind::Generic),
     ];
 
+    /// Every kind, in config-reference order.
+    pub const ALL: [ApiKind; 7] = [
+        ApiKind::OpenAi,
+        ApiKind::Tgi,
+        ApiKind::Tei,
+        ApiKind::HfInference,
+        ApiKind::Router,
+        ApiKind::Hub,
+        ApiKind::Generic,
+    ];
+
     pub fn name(self) -> &'static str {
         ApiKind::NAMES.iter().find(|(_, k)| *k == self).map(|(n, _)| *n).unwrap_or("generic")
     }
