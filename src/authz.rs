@@ -525,6 +525,15 @@ mod tests {
     use crate::classify::{Classified, ModelRef};
     use crate::route::RouteTable;
 
+    /// Serving builds entities without the schema, so action groups (which only the schema holds) would
+    /// silently stop matching: the schema declares none.
+    #[test]
+    fn the_schema_declares_no_action_groups() {
+        let declarations: String =
+            SCHEMA.lines().filter(|line| !line.trim_start().starts_with("//")).collect::<Vec<_>>().join("\n");
+        assert!(!declarations.contains("memberOf"), "action groups need entities built with the schema");
+    }
+
     /// Every request shape hfgate builds (user and workload; model, route and org resources; with and
     /// without optional claims) conforms to the shipped schema, so serving may skip the check.
     #[test]

@@ -225,8 +225,6 @@ mod tests {
     use super::testkit::{Rng, random_body, random_method, random_path};
     use super::*;
 
-    const KINDS: [ApiKind; 7] = ApiKind::ALL;
-
     #[test]
     fn action_names_round_trip() {
         for action in Action::ALL {
@@ -279,7 +277,7 @@ mod tests {
 
     #[test]
     fn encoded_slashes_are_refused_outside_hub_revisions() {
-        for api in KINDS {
+        for api in ApiKind::ALL {
             for path in ["/models/org%2Fname", "/v1/chat/completions%2F"] {
                 let request = Request { method: &Method::POST, path, route_model: None };
                 assert_eq!(classify(api, &request, Some(b"{}")), Err(ClassifyError::EncodedSlash), "{}", api.name());
@@ -321,7 +319,7 @@ mod tests {
             let method = random_method(&mut rng);
             let path = random_path(&mut rng);
             let body = random_body(&mut rng);
-            for api in KINDS {
+            for api in ApiKind::ALL {
                 let route_model = if rng.below(2) == 0 { Some("org/name") } else { None };
                 let request = Request { method: &method, path: &path, route_model };
                 let with_body = classify(api, &request, Some(&body));

@@ -27,6 +27,8 @@ pub(crate) type Text = Spanned<String>;
 pub(crate) enum RawSize {
     Bytes(i64),
     Text(String),
+    /// Anything else (a float, a table): refused with a message that says what is expected.
+    Other(toml::Value),
 }
 
 /// One problem found in a configuration file.
@@ -350,6 +352,27 @@ mod tests {
         let err = interpolate("${HFGATE_SURELY_UNSET_VAR}").expect_err("unset");
         assert!(err.contains("HFGATE_SURELY_UNSET_VAR"), "{err}");
         assert!(interpolate("${oops").is_err());
+    }
+
+    #[test]
+    fn sizes_take_a_count_or_a_unit_and_name_the_line_when_wrong() {
+        let base = "[[issuer]]\nname = \"c\"\nissuer = \"https://idp.example\"\naudiences = [\"a\"]\n\
+                    [[route]]\nname = \"r\"\npath = \"/\"\nupstream = \"http://127.0.0.1:9\"\n";
+        let parsed =
+            |server: &str, route: &str| parse(Path::new("f.toml"), &format!("[server]\n{server}\n{base}{route}\n"));
+        let ok =
+            parsed("max_request_body = \"1GiB\"\nmax_header_bytes = 16384", "max_request_body = 1024").expect("sizes");
+        assert_eq!((ok.server.max_request_body, ok.server.max_header_bytes), (1 << 30, 16384));
+        assert_eq!(ok.routes[0].max_request_body, Some(1024));
+        assert_eq!(parsed("", "").expect("defaults").server.max_request_body, 16 << 20);
+        for (server, route, want) in [
+            ("max_request_body = 1.5", "", "f.toml:2: server.max_request_body: expected a byte count or a size"),
+            ("max_header_bytes = \"1KiB\"", "", "f.toml:2: server.max_header_bytes: must be between 8KiB and 1MiB"),
+            ("", "max_request_body = \"16 mb\"", "route[0].max_request_body: invalid size"),
+        ] {
+            let err = parsed(server, route).expect_err("refused").to_string();
+            assert!(err.contains(want), "{err}");
+        }
     }
 
     #[test]

@@ -76,12 +76,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::FAILURE);
                 }
             };
-            runtime(settings.server.workers)?.block_on(async {
+            let runtime = runtime(settings.server.workers)?;
+            let audit = runtime.block_on(async {
                 let running = server::start(settings).await?;
+                let audit = running.gateway.audit.clone();
                 server::shutdown_signal().await;
                 running.shutdown().await;
-                anyhow::Ok(())
+                anyhow::Ok(audit)
             })?;
+            // Requests still running when the grace ran out are dropped with the runtime, and each writes
+            // its audit line then: flush once more after that.
+            drop(runtime);
+            audit.flush();
             Ok(ExitCode::SUCCESS)
         }
         Command::Explain { config, token, claims, method, url, body, bill_to } => {

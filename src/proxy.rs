@@ -61,7 +61,8 @@ impl Gateway {
 /// The record of one request as it moves through the stages.
 ///
 /// Exactly one audit line per request: [`Exchange::finish`] writes it once, and an exchange dropped
-/// unfinished (the client left before the response began) writes it on drop, with status 499.
+/// unfinished writes it on drop: status 499 when the client left (or shutdown cut the request) before the
+/// response began, 500 if handling it panicked.
 #[derive(Debug)]
 pub struct Exchange {
     gateway: Arc<Gateway>,
@@ -140,8 +141,10 @@ impl Exchange {
             self.gateway.metrics.auth_failure(err.reason);
         }
         match err.status {
-            // The policy's own reason is already recorded; an upstream failure leaves the decision standing.
-            http::StatusCode::FORBIDDEN | http::StatusCode::BAD_GATEWAY | http::StatusCode::GATEWAY_TIMEOUT => {}
+            // The policy's own reason is already recorded; a request already forwarded (an upstream failure,
+            // a body that outgrew its limit on the way) leaves the decision standing.
+            http::StatusCode::FORBIDDEN => {}
+            _ if self.upstream.is_some() => {}
             _ => {
                 self.decision.allow = false;
                 self.decision.policies = Arc::new([]);
@@ -166,16 +169,17 @@ const CLIENT_CLOSED_REQUEST: u16 = 499;
 
 impl Drop for Exchange {
     fn drop(&mut self) {
-        if !self.finished {
-            // Whatever stage was running (a body read, the upstream request) was cancelled with it; the
-            // decision stays as it was made.
-            self.finish(
-                CLIENT_CLOSED_REQUEST,
-                0,
-                &Usage::default(),
-                Some("client closed the connection before the response began"),
-            );
+        if self.finished {
+            return;
         }
+        // Whatever stage was running (a body read, the upstream request) was cancelled with it; the
+        // decision stays as it was made.
+        let (status, error) = if std::thread::panicking() {
+            (500, "internal error while handling the request")
+        } else {
+            (CLIENT_CLOSED_REQUEST, "request abandoned before the response began: the client left, or shutdown cut it")
+        };
+        self.finish(status, 0, &Usage::default(), Some(error));
     }
 }
 

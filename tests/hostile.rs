@@ -159,10 +159,13 @@ async fn body_limits_apply_per_route_by_length_and_while_streaming() {
     }
 
     assert!(probe.log().request("/echo/route-over").is_none());
-    assert_eq!(stack.one_audit_line("/probe/echo/route-over").await["status"], 413);
+    let declared = stack.one_audit_line("/probe/echo/route-over").await;
+    assert_eq!((&declared["status"], &declared["decision"]["allow"]), (&json!(413), &json!(false)), "{declared}");
     assert_eq!(stack.one_audit_line("/tgi/echo/server-over").await["status"], 413);
+    // Refused on the way, after it was authorized and forwarded: the decision stands, the error says why.
     let streamed = stack.one_audit_line("/probe/echo/chunked-over").await;
     assert_eq!(streamed["status"], 413);
+    assert_eq!(streamed["decision"]["allow"], true, "{streamed}");
     assert!(streamed["error"].is_string(), "the audit line says why: {streamed}");
 }
 

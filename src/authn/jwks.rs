@@ -311,7 +311,6 @@ pub enum JwksError {
 pub struct IssuerKeys {
     pub settings: Arc<IssuerSettings>,
     current: ArcSwapOption<KeySet>,
-    /// When an on-demand refetch was last attempted; the lock makes concurrent misses share one fetch.
     /// When the last on-demand refetch started; held while it runs, so refetches are single-flight.
     on_demand: Arc<tokio::sync::Mutex<Option<Instant>>>,
     client: HttpClient,
@@ -350,10 +349,14 @@ impl IssuerKeys {
         let outcome = if result.is_ok() { "ok" } else { "error" };
         self.metrics.jwks_fetch(&self.settings.name, outcome);
         let set = Arc::new(result?);
-        for (kid, why) in &set.skipped {
-            tracing::warn!(issuer = %self.settings.name, kid = kid.as_deref().unwrap_or("-"), %why, "skipped a JWKS key");
+        // Logged when something happened: the first load, or a change of keys (whichever path fetched).
+        let previous = self.current.swap(Some(set.clone()));
+        if previous.is_none_or(|old| !old.same_keys(&set)) {
+            for (kid, why) in &set.skipped {
+                tracing::warn!(issuer = %self.settings.name, kid = kid.as_deref().unwrap_or("-"), %why, "skipped a JWKS key");
+            }
+            tracing::info!(issuer = %self.settings.name, keys = set.len(), "JWKS loaded");
         }
-        self.current.store(Some(set.clone()));
         Ok(set)
     }
 
@@ -426,7 +429,11 @@ impl IssuerKeys {
     /// Whether a token verified earlier with this key may still be served from the cache: the key is
     /// still published (a key the IdP withdrew revokes what it signed) and the keys are not stale.
     pub fn still_trusts(&self, fingerprint: &[u8; 32]) -> bool {
-        self.usable_snapshot().is_some_and(|set| set.holds(fingerprint))
+        // A guard, not a clone of the Arc: every cache hit passes here, from every worker.
+        let current = self.current.load();
+        current
+            .as_ref()
+            .is_some_and(|set| set.fetched_at.elapsed() <= self.settings.jwks_max_stale && set.holds(fingerprint))
     }
 
     /// The current keys unless they are older than `jwks_max_stale` (then hfgate fails closed).
@@ -461,13 +468,10 @@ impl IssuerKeys {
     pub async fn run_refresh(self: Arc<Self>) {
         let mut failures: u32 = 0;
         loop {
-            let before = self.current.load_full();
             let wait = match self.refresh().await {
                 Ok(set) => {
-                    // Logged when something happened: the first load, a recovery, or a change of keys.
-                    let changed = before.is_none_or(|old| !old.same_keys(&set));
-                    if failures > 0 || changed {
-                        tracing::info!(issuer = %self.settings.name, keys = set.len(), "JWKS loaded");
+                    if failures > 0 {
+                        tracing::info!(issuer = %self.settings.name, keys = set.len(), "JWKS fetch recovered");
                     }
                     failures = 0;
                     self.settings.jwks_refresh_interval

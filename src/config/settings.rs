@@ -686,10 +686,9 @@ fn validate_route(
     };
     let max_body_peek =
         size_or(src, raw.max_body_peek.as_ref(), &format!("{key}.max_body_peek"), 4 << 20, 1..=64 << 20);
+    // Absent: the server's limit applies (resolved per request, so the route keeps None).
     let max_request_body = match &raw.max_request_body {
-        Some(_) => {
-            size_or(src, raw.max_request_body.as_ref(), &format!("{key}.max_request_body"), 0, 1..=1 << 40).map(Some)
-        }
+        Some(value) => size(src, value, &format!("{key}.max_request_body"), 1..=1 << 40).map(Some),
         None => Some(None),
     };
     Some(RouteSettings {
@@ -948,12 +947,25 @@ fn size_or(
     default: u64,
     range: std::ops::RangeInclusive<u64>,
 ) -> Option<u64> {
-    let Some(value) = value else {
-        return Some(default);
-    };
+    match value {
+        Some(value) => size(src, value, key, range),
+        None => Some(default),
+    }
+}
+
+/// A byte size within `range`.
+fn size(
+    src: &mut Source<'_>,
+    value: &Spanned<RawSize>,
+    key: &str,
+    range: std::ops::RangeInclusive<u64>,
+) -> Option<u64> {
     let parsed = match value.get_ref() {
         RawSize::Bytes(n) => u64::try_from(*n).map_err(|_| format!("invalid size {n}: must not be negative")),
         RawSize::Text(text) => parse_size(text),
+        RawSize::Other(other) => {
+            Err(format!("expected a byte count or a size with a unit, such as \"16MiB\", not a {}", other.type_str()))
+        }
     };
     match parsed {
         Ok(bytes) if range.contains(&bytes) => Some(bytes),

@@ -1,4 +1,5 @@
-//! Bodies pass through frame by frame, never buffered. [`CountingBody`] counts request bytes;
+//! Bodies pass through frame by frame, never buffered. [`CountingBody`] counts request bytes and ends a
+//! body that outgrows its limit;
 //! [`ObservedBody`] counts response bytes, enforces the idle timeout, taps token usage, and calls its
 //! end-of-stream hook exactly once: when the body ends, fails, or is dropped because the client left.
 
@@ -216,13 +217,14 @@ enum TapMode {
 }
 
 impl UsageTap {
-    /// A tap for APIs that report usage (model servers); other routes (the Hub, generic services) get none,
-    /// so their bodies are never buffered or parsed.
+    /// A tap for a route's responses. Usage headers (TGI's) are read on every route; bodies are read only
+    /// on model-server routes, so Hub and generic bodies are never buffered or parsed.
     pub fn for_api(api: ApiKind, headers: &HeaderMap) -> UsageTap {
-        match api {
-            ApiKind::Hub | ApiKind::Generic => UsageTap::default(),
-            _ => UsageTap::for_response(headers),
+        let mut tap = UsageTap::for_response(headers);
+        if matches!(api, ApiKind::Hub | ApiKind::Generic) {
+            tap.mode = TapMode::Off;
         }
+        tap
     }
 
     pub fn for_response(headers: &HeaderMap) -> UsageTap {
@@ -346,6 +348,23 @@ mod tests {
         tap.feed(b"data: {\"choices\":[],\"usa");
         tap.feed(b"ge\":{\"prompt_tokens\":5,\"completion_tokens\":7}}\r\n\r\ndata: [DONE]\n\n");
         assert_eq!(tap.finish(), Usage { prompt_tokens: Some(5), completion_tokens: Some(7) });
+    }
+
+    #[test]
+    fn hub_and_generic_routes_read_usage_headers_but_never_bodies() {
+        let mut h = headers("application/json");
+        h.insert("x-generated-tokens", HeaderValue::from_static("9"));
+        let tap = UsageTap::for_api(ApiKind::Generic, &h);
+        assert_eq!(tap.finish(), Usage { prompt_tokens: None, completion_tokens: Some(9) });
+        for api in [ApiKind::Hub, ApiKind::Generic] {
+            let mut tap = UsageTap::for_api(api, &headers("application/json"));
+            tap.feed(br#"{"usage":{"prompt_tokens":1,"completion_tokens":2}}"#);
+            assert!(matches!(tap.mode, TapMode::Off));
+            assert_eq!(tap.finish(), Usage::default());
+        }
+        let mut tap = UsageTap::for_api(ApiKind::OpenAi, &headers("application/json"));
+        tap.feed(br#"{"usage":{"prompt_tokens":1,"completion_tokens":2}}"#);
+        assert_eq!(tap.finish(), Usage { prompt_tokens: Some(1), completion_tokens: Some(2) });
     }
 
     #[test]
