@@ -120,7 +120,7 @@ const OWN_PREFIX: &str = "/.hfgate/";
 impl Listener {
     /// Serves one request. The proxy path skips the router: it is the hot path and needs no routing.
     async fn call(self, peer: SocketAddr, mut request: http::Request<hyper::body::Incoming>) -> Response<Body> {
-        let router = match self {
+        let mut router = match self {
             Listener::Proxy(gateway, router) => {
                 if !request.uri().path().starts_with(OWN_PREFIX) {
                     return proxy::handle(gateway, peer, request.map(Body::new)).await;
@@ -130,7 +130,7 @@ impl Listener {
             Listener::Admin(router) => router,
         };
         request.extensions_mut().insert(ConnectInfo(peer));
-        match tower_service::Service::call(&mut router.clone(), request).await {
+        match tower_service::Service::call(&mut router, request).await {
             Ok(response) => response,
             Err(never) => match never {},
         }
