@@ -20,6 +20,7 @@ pub mod error;
 pub mod explain;
 pub mod jose;
 pub mod metrics;
+pub mod oauth;
 pub mod proxy;
 pub mod route;
 pub mod server;
