@@ -4,6 +4,7 @@
 pub mod claims;
 pub mod jwks;
 pub mod jwt;
+pub mod session;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -268,6 +269,31 @@ impl Authenticator {
         let jwt = jwt::parse(token)?;
         let iss = jwt.issuer()?;
         let issuer = *self.by_iss.get(iss).ok_or_else(|| AuthError::UnknownIssuer(self.expected_issuers.clone()))?;
+        let settings = &self.issuers[issuer].settings;
+        let key = self.verify_signature(&jwt, issuer).await?;
+        let validity = jwt::check_claims(&jwt, settings, unix_now())?;
+        Ok((claims::identity_from_claims(settings, &jwt.claims, validity.expires_at), issuer, key))
+    }
+
+    /// Verifies an ID token of issuer `issuer` (by index) whose claims are checked against `settings`: the
+    /// issuer's own, with the sign-in client as the audience. Returns the claims and `exp`.
+    pub async fn verify_id_token(
+        &self,
+        token: &str,
+        issuer: usize,
+        settings: &IssuerSettings,
+    ) -> Result<(serde_json::Map<String, serde_json::Value>, u64), AuthError> {
+        let jwt = jwt::parse(token)?;
+        if jwt.issuer()? != settings.issuer {
+            return Err(AuthError::UnknownIssuer(settings.issuer.clone()));
+        }
+        self.verify_signature(&jwt, issuer).await?;
+        let validity = jwt::check_claims(&jwt, settings, unix_now())?;
+        Ok((jwt.claims, validity.expires_at))
+    }
+
+    /// The algorithm allowlist, the key, the signature; returns the key's fingerprint.
+    async fn verify_signature(&self, jwt: &jwt::ParsedJwt<'_>, issuer: usize) -> Result<[u8; 32], AuthError> {
         let keys = &self.issuers[issuer];
         let settings = &keys.settings;
         if !settings.algorithms.contains(&jwt.header.alg) {
@@ -279,8 +305,7 @@ impl Authenticator {
         }
         let key = keys.key_for(jwt.header.kid.as_deref(), jwt.header.alg).await?;
         jwt.verify(&key)?;
-        let validity = jwt::check_claims(&jwt, settings, unix_now())?;
-        Ok((claims::identity_from_claims(settings, &jwt.claims, validity.expires_at), issuer, key.fingerprint))
+        Ok(key.fingerprint)
     }
 }
 

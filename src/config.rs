@@ -2,6 +2,7 @@
 //! [`Settings`]. Every problem names the file, the line and the key, and all of them are reported at once.
 
 mod duration;
+mod login;
 mod settings;
 mod size;
 
@@ -12,9 +13,10 @@ use serde::Deserialize;
 use toml::Spanned;
 
 pub use duration::{format_duration, parse_duration};
+pub use login::{CliToken, CookieKey, LoginSettings};
 pub use settings::{
-    ApiKind, AuditTarget, AuthzSettings, ClaimPath, Credential, IssuerSettings, JwksSource, KindRule, RouteSettings,
-    RuleEffect, RuleSettings, ServerSettings, Settings, UpstreamUrl, is_loopback_host,
+    ApiKind, AuditTarget, AuthzSettings, ClaimPath, Credential, IssuerSettings, JwksSource, KindRule, LoginMode,
+    RouteSettings, RuleEffect, RuleSettings, ServerSettings, Settings, UpstreamUrl, is_loopback_host,
 };
 pub use size::{format_size, parse_size};
 
@@ -82,6 +84,7 @@ pub(crate) struct RawConfig {
     pub allow: Vec<Spanned<RawRule>>,
     #[serde(default)]
     pub deny: Vec<Spanned<RawRule>>,
+    pub login: Option<Spanned<login::RawLogin>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -165,6 +168,7 @@ pub(crate) struct RawRoute {
     pub bill_to: Option<Text>,
     pub max_body_peek: Option<Spanned<RawSize>>,
     pub max_request_body: Option<Spanned<RawSize>>,
+    pub login: Option<Text>,
 }
 
 /// Maps byte offsets of one file to line numbers and collects issues against it.

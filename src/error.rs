@@ -17,6 +17,8 @@ pub struct HttpError {
     pub description: String,
     /// A short reason for metrics and the audit (`aud_mismatch`, `upstream_timeout`...).
     pub reason: &'static str,
+    /// Where a browser is sent instead (a 302 to sign in).
+    pub location: Option<String>,
 }
 
 impl HttpError {
@@ -26,7 +28,7 @@ impl HttpError {
         reason: &'static str,
         description: impl Into<String>,
     ) -> HttpError {
-        HttpError { status, error, description: description.into(), reason }
+        HttpError { status, error, description: description.into(), reason, location: None }
     }
 
     pub fn bad_path(err: PathError) -> HttpError {
@@ -46,6 +48,27 @@ impl HttpError {
     /// A request body over the route's `max_request_body` (or over what hfgate reads to find the model).
     pub fn too_large(description: String) -> HttpError {
         HttpError::new(StatusCode::PAYLOAD_TOO_LARGE, "request_too_large", "body_too_large", description)
+    }
+
+    /// A browser without a session on a `login = "redirect"` route: sent to sign in, then back.
+    pub fn login_redirect(location: String) -> HttpError {
+        HttpError {
+            status: StatusCode::FOUND,
+            error: "login_required",
+            description: "sign in first: redirecting to /.hfgate/login".into(),
+            reason: "login_required",
+            location: Some(location),
+        }
+    }
+
+    /// A session cookie that no longer holds a session (expired, signed out, unreadable).
+    pub fn session(err: &crate::authn::session::SessionError, login_url: &str) -> HttpError {
+        HttpError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_token",
+            err.code(),
+            format!("{err}; sign in again at {login_url}"),
+        )
     }
 
     pub fn no_route(path: &str) -> HttpError {
@@ -77,6 +100,9 @@ impl HttpError {
             if let Ok(value) = HeaderValue::from_str(&challenge) {
                 headers.insert(header::WWW_AUTHENTICATE, value);
             }
+        }
+        if let Some(location) = self.location.as_deref().and_then(|l| HeaderValue::from_str(l).ok()) {
+            headers.insert(header::LOCATION, location);
         }
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));

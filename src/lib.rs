@@ -19,6 +19,7 @@ pub mod demo;
 pub mod error;
 pub mod explain;
 pub mod jose;
+pub mod login;
 pub mod metrics;
 pub mod oauth;
 pub mod proxy;

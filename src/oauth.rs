@@ -288,8 +288,8 @@ mod tests {
     #[test]
     fn pkce_matches_rfc7636_appendix_b() {
         assert_eq!(
-            pkce_challenge("dBjftJeZ4CVP-1mB92K27uhbUJU1p1r_wW1gFWFOEjXk"),
-            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGjSstw-cM"
+            pkce_challenge("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"),
+            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
         );
         let pair = Pkce::new();
         assert_eq!(pair.verifier.len(), 43);

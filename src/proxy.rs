@@ -22,8 +22,10 @@ use crate::authz::{self, Authorizer};
 use crate::classify::{self, Action};
 use crate::client::HttpClient;
 use crate::config::ApiKind;
+use crate::config::LoginMode;
 use crate::config::{Credential, Settings};
 use crate::error::HttpError;
+use crate::login::{SessionAuth, SignIn};
 use crate::metrics::Metrics;
 use crate::route::{PathError, Route, RouteTable, normalize_path};
 use body::{BodyOutcome, CountingBody, ObservedBody, UsageTap};
@@ -39,6 +41,8 @@ pub struct Gateway {
     pub audit: AuditSink,
     pub metrics: Arc<Metrics>,
     pub client: HttpClient,
+    /// Sign-in for people (`[login]`): sessions on every route, the sign-in endpoints.
+    pub signin: Option<SignIn>,
     proto: &'static str,
 }
 
@@ -54,7 +58,8 @@ impl Gateway {
         let authn = Authenticator::new(&settings.issuers, client.clone(), metrics.clone());
         let routes = RouteTable::new(&settings.routes);
         let proto = if settings.server.public_url.starts_with("https://") { "https" } else { "http" };
-        Gateway { settings, routes, authn, authz, signer, audit, metrics, client, proto }
+        let signin = SignIn::new(&settings, client.clone());
+        Gateway { settings, routes, authn, authz, signer, audit, metrics, client, signin, proto }
     }
 }
 
@@ -81,6 +86,8 @@ pub struct Exchange {
     upstream: Option<Arc<str>>,
     /// What went wrong, in more detail than the caller is told (audit only).
     error: Option<String>,
+    /// A session cookie to set (resealed) or clear on whatever response this request gets.
+    set_cookie: Option<String>,
     bytes_in: Arc<AtomicU64>,
 }
 
@@ -101,6 +108,7 @@ impl Exchange {
             decision: NOT_AUTHENTICATED.clone(),
             upstream: None,
             error: None,
+            set_cookie: None,
             bytes_in: Arc::new(AtomicU64::new(0)),
         }
     }
@@ -152,7 +160,10 @@ impl Exchange {
             }
         }
         let error = self.error.take().unwrap_or_else(|| err.description.clone());
-        let response = err.into_response(&self.request_id);
+        let mut response = err.into_response(&self.request_id);
+        if let Some(cookie) = self.set_cookie.take().and_then(|c| HeaderValue::from_str(&c).ok()) {
+            response.headers_mut().append(http::header::SET_COOKIE, cookie);
+        }
         let bytes = http_body::Body::size_hint(response.body()).exact().unwrap_or(0);
         self.finish(response.status().as_u16(), bytes, &Usage::default(), Some(&error));
         response
@@ -239,9 +250,16 @@ async fn pipeline(
     exchange.route = Some(route.clone());
     let settings = &route.settings;
 
-    let token = authn::bearer_token(request.headers()).map_err(|e| HttpError::from(&e))?;
-    let digest = authn::token_digest(token);
-    let identity = gateway.authn.authenticate_digested(token, digest).await.map_err(|e| HttpError::from(&e))?;
+    let (identity, digest) = match authn::bearer_token(request.headers()) {
+        Ok(token) => {
+            let digest = authn::token_digest(token);
+            (gateway.authn.authenticate_digested(token, digest).await.map_err(|e| HttpError::from(&e))?, digest)
+        }
+        Err(authn::AuthError::MissingToken) => {
+            session_identity(gateway, exchange, &route, request.method(), &target, request.headers()).await?
+        }
+        Err(err) => return Err(HttpError::from(&err)),
+    };
     exchange.identity = Some(identity.clone());
     exchange.decision = AUTHENTICATED.clone();
 
@@ -368,6 +386,39 @@ async fn pipeline(
     }
 }
 
+/// A request without a bearer token: its session cookie, if it carries one. A browser on a
+/// `login = "redirect"` route without a live session is sent to sign in; anything else gets the 401.
+async fn session_identity(
+    gateway: &Gateway,
+    exchange: &mut Exchange,
+    route: &Route,
+    method: &http::Method,
+    target: &Uri,
+    headers: &http::HeaderMap,
+) -> Result<(Arc<Identity>, [u8; 32]), HttpError> {
+    let refusal = match &gateway.signin {
+        None => HttpError::from(&authn::AuthError::MissingToken),
+        Some(signin) => match signin.authenticate(&gateway.authn, headers).await {
+            SessionAuth::Valid { identity, digest, set_cookie, .. } => {
+                exchange.set_cookie = set_cookie;
+                return Ok((identity, digest));
+            }
+            SessionAuth::Absent => HttpError::from(&authn::AuthError::MissingToken),
+            SessionAuth::Invalid { error, clear } => {
+                exchange.set_cookie = Some(clear);
+                HttpError::session(&error, &signin.login_location("/"))
+            }
+        },
+    };
+    match &gateway.signin {
+        Some(signin) if route.settings.login == LoginMode::Redirect && crate::login::wants_html(method, headers) => {
+            let back = target.path_and_query().map_or("/", |pq| pq.as_str());
+            Err(HttpError::login_redirect(signin.login_location(back)))
+        }
+        _ => Err(refusal),
+    }
+}
+
 /// The request path after normalization. An encoded slash is accepted only on hub routes, where a
 /// revision may carry one (`refs%2Fpr%2F1`); the hub classifier then refuses it anywhere else.
 fn normalized_path<'p>(gateway: &Gateway, raw: &'p str) -> Result<&'p str, HttpError> {
@@ -416,6 +467,9 @@ fn respond(mut exchange: Exchange, response: Response<hyper::body::Incoming>) ->
     headers::clean_response_headers(&mut parts.headers);
     if let Ok(id) = HeaderValue::from_str(&exchange.request_id) {
         parts.headers.insert(headers::X_REQUEST_ID, id);
+    }
+    if let Some(cookie) = exchange.set_cookie.take().and_then(|c| HeaderValue::from_str(&c).ok()) {
+        parts.headers.append(http::header::SET_COOKIE, cookie);
     }
     let status = parts.status.as_u16();
     let (api, idle) = exchange

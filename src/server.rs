@@ -216,7 +216,11 @@ impl RunningServer {
 
 /// hfgate's own endpoints on the proxy listener; a `/.hfgate/` path no endpoint serves is still proxied.
 fn hfgate_router(gateway: Arc<Gateway>) -> Router {
-    Router::new().route("/.hfgate/jwks.json", get(hfgate_jwks)).fallback(proxy_request).with_state(gateway)
+    Router::new()
+        .route("/.hfgate/jwks.json", get(hfgate_jwks))
+        .merge(crate::login::endpoints::routes())
+        .fallback(proxy_request)
+        .with_state(gateway)
 }
 
 async fn proxy_request(

@@ -72,6 +72,22 @@ pub fn identity_from_claims(issuer: &IssuerSettings, claims: &Map<String, Value>
             }
         }
     };
+    identity_from_parts(issuer, IdentityParts { subject, email, groups, kind, client_id }, expires_at)
+}
+
+/// Who a caller is, before it becomes an [`Identity`]: from a token's claims, or from a session cookie.
+#[derive(Debug, Clone)]
+pub struct IdentityParts {
+    pub subject: String,
+    pub email: Option<String>,
+    pub groups: Vec<String>,
+    pub kind: IdentityKind,
+    pub client_id: Option<String>,
+}
+
+/// Builds the shared [`Identity`]: header values and the audit record are encoded here, once.
+pub fn identity_from_parts(issuer: &IssuerSettings, parts: IdentityParts, expires_at: u64) -> Identity {
+    let IdentityParts { subject, email, groups, kind, client_id } = parts;
     let headers = IdentityHeaders {
         user: header_value(&encode_header_text(&subject, false)),
         email: email.as_deref().map(|e| header_value(&encode_header_text(e, false))),

@@ -272,7 +272,7 @@ fn origin_of(url: &str) -> Option<String> {
     origin_of_uri(&url.parse::<http::Uri>().ok()?)
 }
 
-fn origin_of_uri(uri: &http::Uri) -> Option<String> {
+pub(crate) fn origin_of_uri(uri: &http::Uri) -> Option<String> {
     let scheme = uri.scheme_str()?.to_ascii_lowercase();
     let host = uri.host()?.to_ascii_lowercase();
     let default_port = if scheme == "https" { 443 } else { 80 };

@@ -11,6 +11,7 @@ use http::HeaderValue;
 use http::uri::{Authority, Scheme, Uri};
 use toml::Spanned;
 
+use super::login::{LoginSettings, validate_login};
 use super::{RawConfig, RawIssuer, RawRoute, RawSize, Source, Text, format_size, parse_duration, parse_size};
 use crate::jose::Algorithm;
 
@@ -23,6 +24,8 @@ pub struct Settings {
     pub issuers: Vec<IssuerSettings>,
     pub routes: Vec<RouteSettings>,
     pub authz: AuthzSettings,
+    /// `[login]`: sign-in for people (browser sessions and `hfgate login`), when configured.
+    pub login: Option<LoginSettings>,
 }
 
 /// Authorization: shorthand rules and an optional Cedar policy file. With neither, every verified
@@ -259,6 +262,18 @@ pub struct RouteSettings {
     pub max_body_peek: usize,
     /// The largest request body this route accepts; `None` = the server's `max_request_body`.
     pub max_request_body: Option<u64>,
+    /// What an unauthenticated browser gets: a 401, or a redirect to sign in.
+    pub login: LoginMode,
+}
+
+/// A route's answer to a browser without a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LoginMode {
+    /// 401, like any API client.
+    #[default]
+    None,
+    /// `GET`/`HEAD` asking for HTML: 302 to `/.hfgate/login`, then back.
+    Redirect,
 }
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -322,7 +337,29 @@ pub(super) fn validate(src: &mut Source<'_>, raw: RawConfig, base_dir: &Path) ->
     }
 
     let authz = validate_authz(src, &raw, base_dir, &issuers, &routes);
-    Some(Settings { source: src.file.clone().into(), server: server?, audit: audit?, issuers, routes, authz: authz? })
+    let login = match &raw.login {
+        Some(login) => validate_login(src, login, &issuers).map(Some),
+        None => {
+            for (index, raw_route) in raw.route.iter().enumerate() {
+                if let Some(value) = &raw_route.get_ref().login
+                    && value.get_ref() == "redirect"
+                {
+                    let message = "login = \"redirect\" needs a [login] section (where to sign in)";
+                    src.issue(value.span().start, format!("route[{index}].login"), message);
+                }
+            }
+            Some(None)
+        }
+    };
+    Some(Settings {
+        source: src.file.clone().into(),
+        server: server?,
+        audit: audit?,
+        issuers,
+        routes,
+        authz: authz?,
+        login: login?,
+    })
 }
 
 fn validate_server(src: &mut Source<'_>, raw: &RawConfig) -> Option<ServerSettings> {
@@ -691,7 +728,23 @@ fn validate_route(
         Some(value) => size(src, value, &format!("{key}.max_request_body"), 1..=1 << 40).map(Some),
         None => Some(None),
     };
+    let login = match &raw.login {
+        Some(value) => match value.get_ref().as_str() {
+            "none" => Some(LoginMode::None),
+            "redirect" => Some(LoginMode::Redirect),
+            other => {
+                src.issue(
+                    value.span().start,
+                    format!("{key}.login"),
+                    format!("unknown login mode {other:?}: use \"redirect\" or \"none\""),
+                );
+                None
+            }
+        },
+        None => Some(LoginMode::None),
+    };
     Some(RouteSettings {
+        login: login?,
         bill_to: bill_to?,
         max_body_peek: max_body_peek? as usize,
         max_request_body: max_request_body?,
@@ -909,7 +962,7 @@ fn identifier(src: &mut Source<'_>, value: &Text, key: &str) -> Option<String> {
     Some(name)
 }
 
-fn texts(src: &mut Source<'_>, list: &[Text], key: &str) -> Option<Vec<String>> {
+pub(super) fn texts(src: &mut Source<'_>, list: &[Text], key: &str) -> Option<Vec<String>> {
     let mut out = Vec::with_capacity(list.len());
     let mut ok = true;
     for item in list {
@@ -981,7 +1034,12 @@ fn size(
     }
 }
 
-fn duration_or(src: &mut Source<'_>, value: Option<&Text>, key: &str, default: Duration) -> Option<Duration> {
+pub(super) fn duration_or(
+    src: &mut Source<'_>,
+    value: Option<&Text>,
+    key: &str,
+    default: Duration,
+) -> Option<Duration> {
     let Some(value) = value else {
         return Some(default);
     };

@@ -35,6 +35,9 @@ const SPOOFABLE: [&str; 10] = [
     "x-request-id",
 ];
 
+/// hfgate's own cookies (sessions and sign-in state, over https and plain http): never sent upstream.
+pub const OWN_COOKIES: [&str; 4] = ["__Host-hfgate", "__Host-hfgate-login", "hfgate", "hfgate-login"];
+
 pub const X_FORWARDED_USER: HeaderName = HeaderName::from_static("x-forwarded-user");
 pub const X_FORWARDED_EMAIL: HeaderName = HeaderName::from_static("x-forwarded-email");
 pub const X_FORWARDED_GROUPS: HeaderName = HeaderName::from_static("x-forwarded-groups");
@@ -90,6 +93,13 @@ pub fn upstream_headers(client: &HeaderMap, up: UpstreamIdentity<'_>) -> HeaderM
             prior_for = Some(value);
         }
         if is_hop_by_hop(name, &named) || SPOOFABLE.contains(&n) || n.starts_with("x-hfgate-") {
+            continue;
+        }
+        if *name == header::COOKIE && value.as_bytes().windows(6).any(|w| w == b"hfgate") {
+            let kept = value.to_str().ok().and_then(|v| crate::authn::session::strip_cookies(v, &OWN_COOKIES));
+            if let Some(value) = kept.and_then(|v| HeaderValue::from_str(&v).ok()) {
+                out.append(header::COOKIE, value);
+            }
             continue;
         }
         out.append(name.clone(), value.clone());
