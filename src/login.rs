@@ -204,11 +204,20 @@ impl SignIn {
             if origin_of_uri(&uri).as_deref() != Some(self.origin.as_str()) {
                 return Err(foreign());
             }
-            uri.path_and_query().map_or("/".into(), |pq| pq.as_str().to_string())
+            // `https://gate.example?x` has an empty path: the local form is `/?x`, never `?x`.
+            let path = match uri.path() {
+                "" => "/",
+                path => path,
+            };
+            match uri.query() {
+                Some(query) => format!("{path}?{query}"),
+                None => path.to_string(),
+            }
         };
         // `//host` and `/\host` are read by browsers as another origin.
         let bytes = local.as_bytes();
-        if bytes.get(1).is_some_and(|b| *b == b'/' || *b == b'\\')
+        if bytes.first() != Some(&b'/')
+            || bytes.get(1).is_some_and(|b| *b == b'/' || *b == b'\\')
             || local.contains('\\')
             || local.bytes().any(|b| b.is_ascii_control())
             || local.parse::<http::uri::PathAndQuery>().is_err()
@@ -608,6 +617,7 @@ cookie_keys = ["AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="]
         assert_eq!(s.return_path(Some("/llama/chat?x=1")).expect("path"), "/llama/chat?x=1");
         assert_eq!(s.return_path(Some("https://gate.example/a?b")).expect("own origin"), "/a?b");
         assert_eq!(s.return_path(Some("https://gate.example:443/a")).expect("default port"), "/a");
+        assert_eq!(s.return_path(Some("https://gate.example?ok")).expect("empty path"), "/?ok");
         for forged in [
             "https://evil.example/",
             "//evil.example/",

@@ -66,3 +66,8 @@ fn config() {
 fn shorthand() {
     replay("shorthand", checks::shorthand);
 }
+
+#[test]
+fn cookie() {
+    replay("cookie", checks::cookie);
+}

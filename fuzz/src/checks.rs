@@ -12,14 +12,19 @@ use std::time::Duration;
 use hfgate::authn::claims::{IdentityKind, identity_from_claims};
 use hfgate::authn::jwks::{KeySet, Lookup, VerifyingKey};
 use hfgate::authn::jwt::{self, MAX_TOKEN_BYTES, ParsedJwt};
+use hfgate::authn::session::{
+    CookieSealer, MAX_COOKIE_BYTES, Purpose, Session, SessionLimits, cookie_values, strip_cookies,
+};
 use hfgate::authn::{AuthError, bearer_token};
 use hfgate::authz::{Authorizer, compile_rule};
 use hfgate::classify::{self, Action, Classified, ClassifyError, ModelRef, RepoType, Request};
 use hfgate::config::{
-    self, ApiKind, ClaimPath, ConfigError, IssuerSettings, JwksSource, KindRule, RuleEffect, RuleSettings, Settings,
+    self, ApiKind, ClaimPath, ConfigError, CookieKey, IssuerSettings, JwksSource, KindRule, RuleEffect, RuleSettings, Settings,
     format_duration, format_size, parse_duration, parse_size,
 };
 use hfgate::jose::{Algorithm, SigningKey};
+use hfgate::login::SignIn;
+use hfgate::proxy::headers::OWN_COOKIES;
 use hfgate::route::{PathError, RouteTable, normalize_path, normalize_path_allowing_encoded_slash};
 use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderValue, Method};
@@ -903,5 +908,108 @@ pub fn shorthand(data: &[u8]) {
     );
     if let Err(issues) = Authorizer::new(&settings) {
         panic!("an accepted rule does not compile:\n{cedar}\n{issues:?}");
+    }
+}
+
+/// The session cookie sealer every `cookie` input is checked against (a fixed key: seeds may hold values
+/// it sealed).
+fn cookie_sealer() -> &'static CookieSealer {
+    static SEALER: OnceLock<CookieSealer> = OnceLock::new();
+    SEALER.get_or_init(|| CookieSealer::new(&[CookieKey([0x42; 32]), CookieKey([0x17; 32])]))
+}
+
+/// A sign-in configured for `https://gate.example`, for return URL checks.
+fn sign_in() -> &'static SignIn {
+    static SIGN_IN: OnceLock<SignIn> = OnceLock::new();
+    SIGN_IN.get_or_init(|| {
+        let text = "[server]\npublic_url = \"https://gate.example\"\n[[issuer]]\nname = \"corp\"\n\
+                    issuer = \"https://idp.example\"\naudiences = [\"hfgate\"]\n[login]\nissuer = \"corp\"\n\
+                    client_id = \"web\"\ncookie_keys = [\"QkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkI=\"]\n";
+        let settings = config::parse(Path::new(CONFIG_PATH), text).expect("the fuzz sign-in config is valid");
+        SignIn::new(&settings, hfgate::client::build(Duration::from_secs(1))).expect("sign-in is configured")
+    })
+}
+
+/// `cookie` input: the first byte picks what is fuzzed, the rest is its input.
+///
+/// - `0`: a session cookie value as a browser would send it: opening never panics; what opens re-seals
+///   and opens to the same bytes, and never for the login purpose.
+/// - `1`: a plaintext: sealed, it opens to itself under either key order, and only for its purpose.
+/// - `2`: a `Cookie` header: each value found belongs to a pair of that name; stripping hfgate's cookies
+///   leaves none of them and keeps every other pair.
+/// - `3`: a sealed JSON payload read as a session: never panics; an accepted session's limits hold.
+/// - `4`: a return URL (`rd`): an accepted one is a local path no browser reads as another origin.
+pub fn cookie(data: &[u8]) {
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let sealer = cookie_sealer();
+    match mode % 5 {
+        0 => {
+            let value = text(rest);
+            if let Ok(plain) = sealer.open(Purpose::Session, &value) {
+                assert!(sealer.open(Purpose::Login, &value).is_err(), "a session value opened as login state");
+                let again = sealer.seal(Purpose::Session, &plain).expect("what opened fits again");
+                assert_eq!(sealer.open(Purpose::Session, &again).expect("resealed"), plain);
+            }
+        }
+        1 => {
+            let Some(sealed) = sealer.seal(Purpose::Login, rest) else {
+                assert!(rest.len() > MAX_COOKIE_BYTES / 2, "a small plaintext was not sealed");
+                return;
+            };
+            assert!(sealed.len() <= MAX_COOKIE_BYTES);
+            assert!(sealed.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'), "not a cookie value");
+            assert_eq!(sealer.open(Purpose::Login, &sealed).expect("opens"), rest);
+            let rotated = CookieSealer::new(&[CookieKey([0x17; 32]), CookieKey([0x42; 32])]);
+            assert_eq!(rotated.open(Purpose::Login, &sealed).expect("old key opens"), rest);
+            assert!(sealer.open(Purpose::Session, &sealed).is_err(), "login state opened as a session");
+            assert!(CookieSealer::new(&[CookieKey([0; 32])]).open(Purpose::Login, &sealed).is_err());
+        }
+        2 => {
+            let header = text(rest);
+            let Ok(value) = HeaderValue::from_str(&header) else {
+                return;
+            };
+            let mut headers = HeaderMap::new();
+            headers.insert(http::header::COOKIE, value);
+            for name in OWN_COOKIES {
+                for found in cookie_values(&headers, name) {
+                    assert!(!found.contains(';'), "a cookie value spans pairs");
+                    assert!(header.contains(found), "a cookie value not in the header");
+                }
+            }
+            let pairs = |text: &str| -> Vec<String> {
+                text.split(';').map(|p| p.trim().to_string()).filter(|p| !p.is_empty()).collect()
+            };
+            let kept = strip_cookies(&header, &OWN_COOKIES).unwrap_or_default();
+            let own = |pair: &str| OWN_COOKIES.contains(&pair.split_once('=').map_or(pair, |(k, _)| k));
+            assert!(pairs(&kept).iter().all(|p| !own(p)), "an own cookie survived stripping");
+            let others: Vec<String> = pairs(&header).into_iter().filter(|p| !own(p)).collect();
+            assert_eq!(pairs(&kept), others, "stripping changed another cookie");
+        }
+        3 => {
+            let Some(sealed) = sealer.seal(Purpose::Session, rest.get(8..).unwrap_or_default()) else {
+                return;
+            };
+            if let Ok(session) = sealer.open_json::<Session>(Purpose::Session, &sealed) {
+                let limits = SessionLimits { lifetime: Duration::from_secs(3600), idle_timeout: Duration::from_secs(600) };
+                let now = u64_at(rest, 0);
+                if session.check(limits, now).is_ok() {
+                    assert!(now.saturating_sub(session.started) <= 3600 && now.saturating_sub(session.seen) <= 600);
+                }
+                assert!(session.ends_at(limits) >= session.started);
+            }
+        }
+        _ => {
+            let rd = text(rest);
+            if let Ok(local) = sign_in().return_path(Some(&rd)) {
+                let bytes = local.as_bytes();
+                assert_eq!(bytes.first(), Some(&b'/'), "return path {local:?} is not local");
+                assert!(!matches!(bytes.get(1), Some(b'/' | b'\\')), "return path {local:?} names another host");
+                assert!(!local.contains('\\') && !local.bytes().any(|b| b.is_ascii_control()), "{local:?}");
+                assert!(local.parse::<http::uri::PathAndQuery>().is_ok(), "{local:?}");
+            }
+        }
     }
 }
