@@ -15,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 seconds="${FUZZ_SECONDS:-8}"
-all_targets=(token path classify config shorthand)
+all_targets=(token path classify config shorthand cookie)
 if [ $# -gt 0 ]; then targets=("$@"); else targets=("${all_targets[@]}"); fi
 for target in "${targets[@]}"; do
   [[ " ${all_targets[*]} " == *" $target "* ]] || { echo "unknown fuzz target '$target' (${all_targets[*]})" >&2; exit 2; }
