@@ -1,4 +1,5 @@
-//! The command line: `serve`, `check`, `demo`, and the mock upstream the tests and benchmarks use.
+//! The command line: `serve`, `check`, `explain`, `demo`, sign-in (`login`, `token`, `logout`), and the mock
+//! upstream the tests and benchmarks use.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -67,6 +68,29 @@ pub enum Command {
         /// Pause between streamed chunks of the mock model.
         #[arg(long, default_value = "150ms", value_parser = parse_duration_arg)]
         chunk_delay: std::time::Duration,
+    },
+    /// Sign in to a hfgate server (OAuth device flow at the server's identity provider); the tokens go to
+    /// credentials.json in $HFGATE_CONFIG_DIR, else $XDG_CONFIG_HOME/hfgate, else ~/.config/hfgate.
+    Login {
+        /// The hfgate server, e.g. https://gate.example.com.
+        #[arg(long, env = "HFGATE_SERVER")]
+        server: String,
+        /// Only print where to sign in; do not open a browser.
+        #[arg(long)]
+        no_browser: bool,
+    },
+    /// Print the token for a server on stdout, refreshed first when it expires within 60 s
+    /// (`export HF_TOKEN=$(hfgate token)`).
+    Token {
+        /// The hfgate server; optional when signed in to exactly one.
+        #[arg(long, env = "HFGATE_SERVER")]
+        server: Option<String>,
+    },
+    /// Forget the tokens for a server (and revoke the refresh token where the identity provider can).
+    Logout {
+        /// The hfgate server; optional when signed in to exactly one.
+        #[arg(long, env = "HFGATE_SERVER")]
+        server: Option<String>,
     },
     /// Run only the demo's mock model endpoint (for tests and benchmarks).
     #[command(hide = true)]

@@ -16,6 +16,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod demo;
+pub mod device;
 pub mod error;
 pub mod explain;
 pub mod jose;

@@ -87,6 +87,9 @@ pub enum SessionAuth {
     Invalid { error: SessionError, clear: String },
 }
 
+/// The outcome of the last discovery and when it was made (a failure is retried after a pause).
+type Discovered = (Result<Arc<ProviderMetadata>, String>, std::time::Instant);
+
 /// Everything sign-in needs, built once from `[login]`.
 pub struct SignIn {
     pub settings: LoginSettings,
@@ -101,7 +104,7 @@ pub struct SignIn {
     sealer: CookieSealer,
     limits: SessionLimits,
     client: HttpClient,
-    provider: tokio::sync::Mutex<Option<(Result<Arc<ProviderMetadata>, String>, std::time::Instant)>>,
+    provider: tokio::sync::Mutex<Option<Discovered>>,
     /// Sessions signed out here, until they would have expired anyway.
     signed_out: Cache<String, ()>,
     /// `state`s already used at the callback: a replayed callback is refused before the IdP sees it.
@@ -138,7 +141,7 @@ impl SignIn {
                 .time_to_live(Duration::from_secs(LOGIN_STATE_LIFETIME))
                 .build(),
             identities: Cache::builder().max_capacity(100_000).time_to_live(Duration::from_secs(300)).build(),
-            refreshes: Cache::builder().max_capacity(100_000).time_to_live(Duration::from_secs(120)).build(),
+            refreshes: Cache::builder().max_capacity(100_000).time_to_live(Duration::from_secs(30)).build(),
             provider: tokio::sync::Mutex::new(None),
             settings: login,
             public_url,
@@ -403,6 +406,9 @@ impl SignIn {
                         session = fresh;
                         changed = true;
                     }
+                    Err(SessionError::RefreshUnavailable(why)) if now <= session.claims_expire => {
+                        tracing::warn!(subject = %session.subject, %why, "session refresh postponed: provider unavailable");
+                    }
                     Err(error) => {
                         tracing::info!(subject = %session.subject, %error, "session ended: refresh failed");
                         return invalid(error);
@@ -458,8 +464,9 @@ impl SignIn {
 
     async fn refresh(&self, authn: &Authenticator, session: &Session, token: &str) -> Result<Session, SessionError> {
         let failed = |why: String| SessionError::RefreshFailed(why);
-        let provider = self.provider().await.map_err(failed)?;
-        let endpoint = provider.token_endpoint().map_err(|e| failed(e.to_string()))?;
+        let unavailable = |why: String| SessionError::RefreshUnavailable(why);
+        let provider = self.provider().await.map_err(unavailable)?;
+        let endpoint = provider.token_endpoint().map_err(|e| unavailable(e.to_string()))?;
         let tokens: TokenResponse = oauth::post_form(
             &self.client,
             endpoint,
@@ -467,12 +474,18 @@ impl SignIn {
             &[("grant_type", "refresh_token"), ("refresh_token", token)],
         )
         .await
-        .map_err(|e| failed(e.to_string()))?;
+        .map_err(|e| match e {
+            OAuthError::Refused { .. } => failed(e.to_string()),
+            other => unavailable(other.to_string()),
+        })?;
         let id_token = tokens.id_token.as_deref().ok_or_else(|| failed("the answer has no id_token".into()))?;
         let (claims, expires) = authn
             .verify_id_token(id_token, self.settings.issuer, &self.id_token_settings)
             .await
-            .map_err(|e: AuthError| failed(format!("the new ID token was refused: {e}")))?;
+            .map_err(|e: AuthError| match e {
+                AuthError::KeysUnavailable(_) => unavailable(e.to_string()),
+                e => failed(format!("the new ID token was refused: {e}")),
+            })?;
         let who = claims::identity_from_claims(&self.issuer_settings, &claims, expires);
         // OpenID Connect Core §12.2: the refreshed ID token names the same subject.
         if who.subject != session.subject {
@@ -530,11 +543,20 @@ fn provider_error(err: OAuthError) -> LoginError {
     }
 }
 
-/// The identity cache key of a session: its id and the claims it holds.
+/// The identity cache key of a session: its id and every claim it holds, so a refresh that changes the
+/// groups (even with the same `exp`) gets a fresh identity, decision and assertion.
 fn session_digest(session: &Session) -> [u8; 32] {
     let mut context = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
     context.update(b"hfgate session\0");
-    context.update(session.id.as_bytes());
+    for part in [Some(&session.id), Some(&session.subject), session.email.as_ref()]
+        .into_iter()
+        .chain(session.groups.iter().map(Some))
+    {
+        // Length-prefixed, so no two different sessions hash the same parts.
+        let bytes = part.map_or(&b""[..], |p| p.as_bytes());
+        context.update(&(bytes.len() as u64).to_be_bytes());
+        context.update(bytes);
+    }
     context.update(&session.claims_expire.to_be_bytes());
     let mut out = [0u8; 32];
     out.copy_from_slice(context.finish().as_ref());

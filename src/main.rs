@@ -1,5 +1,6 @@
 #![forbid(unsafe_code)]
 
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
@@ -27,6 +28,12 @@ fn init_tracing(format: LogFormat) {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
+}
+
+/// A failed `login`, `token` or `logout`: one line on stderr, exit 1.
+fn device_failure(err: hfgate::device::DeviceError) -> ExitCode {
+    eprintln!("hfgate: {}", err.to_string().replace(char::is_control, " "));
+    ExitCode::FAILURE
 }
 
 fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
@@ -136,6 +143,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo { listen, admin_listen, chunk_delay } => {
             runtime(None)?.block_on(demo::run(demo::DemoOptions { listen, admin_listen, chunk_delay }))?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Login { server, no_browser } => {
+            let signed_in = runtime(Some(1))?.block_on(hfgate::device::login(&server, !no_browser));
+            Ok(signed_in.map_or_else(device_failure, |()| ExitCode::SUCCESS))
+        }
+        Command::Token { server } => match runtime(Some(1))?.block_on(hfgate::device::token(server.as_deref())) {
+            Ok(token) => {
+                let mut stdout = std::io::stdout().lock();
+                writeln!(stdout, "{token}").and_then(|()| stdout.flush()).context("cannot write to stdout")?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(err) => Ok(device_failure(err)),
+        },
+        Command::Logout { server } => {
+            let signed_out = runtime(Some(1))?.block_on(hfgate::device::logout(server.as_deref()));
+            Ok(signed_out.map_or_else(device_failure, |()| ExitCode::SUCCESS))
         }
         Command::MockUpstream { listen, chunk_delay, expect_credential_env } => {
             let expect = match expect_credential_env {

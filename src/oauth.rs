@@ -66,6 +66,9 @@ impl ProviderMetadata {
     /// Fetches `{issuer}/.well-known/openid-configuration`; the document must name exactly this issuer,
     /// and every endpoint must be https unless on loopback or `insecure`.
     pub async fn discover(client: &HttpClient, issuer: &str, insecure: bool) -> Result<ProviderMetadata, OAuthError> {
+        if !is_secure_url(issuer, insecure) {
+            return Err(OAuthError::InsecureEndpoint { name: "issuer", url: issuer.to_string() });
+        }
         let url = format!("{}/.well-known/openid-configuration", issuer.trim_end_matches('/'));
         let doc = get_json(client, &url, TIMEOUT, MAX_RESPONSE_BYTES)
             .await
@@ -139,7 +142,7 @@ impl std::fmt::Debug for TokenResponse {
 }
 
 /// A device authorization answer (RFC 8628 §3.2).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 pub struct DeviceAuthorization {
     pub device_code: String,
     pub user_code: String,
@@ -149,6 +152,17 @@ pub struct DeviceAuthorization {
     pub expires_in: u64,
     #[serde(default)]
     pub interval: Option<u64>,
+}
+
+impl std::fmt::Debug for DeviceAuthorization {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The device code is a bearer secret until the grant completes.
+        f.debug_struct("DeviceAuthorization")
+            .field("user_code", &self.user_code)
+            .field("verification_uri", &self.verification_uri)
+            .field("expires_in", &self.expires_in)
+            .finish_non_exhaustive()
+    }
 }
 
 /// How the client authenticates at the token endpoint.

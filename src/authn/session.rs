@@ -50,6 +50,10 @@ pub enum SessionError {
     SignedOut,
     #[error("session claims expired and could not be refreshed: {0}")]
     RefreshFailed(String),
+    /// The provider could not be asked (down, timing out, answering garbage): not the person's doing, so a
+    /// session whose claims still hold carries on and tries again on a later request.
+    #[error("session claims expired and the identity provider could not be reached to refresh them: {0}")]
+    RefreshUnavailable(String),
     #[error("session claims expired and the identity provider gave no refresh token")]
     ClaimsExpired,
 }
@@ -63,6 +67,7 @@ impl SessionError {
             SessionError::Idle { .. } => "session_idle",
             SessionError::SignedOut => "session_signed_out",
             SessionError::RefreshFailed(_) => "session_refresh_failed",
+            SessionError::RefreshUnavailable(_) => "session_refresh_unavailable",
             SessionError::ClaimsExpired => "session_claims_expired",
         }
     }

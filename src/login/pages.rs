@@ -23,6 +23,13 @@ pub struct RouteAccess {
     pub denied_by: Vec<String>,
 }
 
+/// A browser session as whoami shows it.
+#[derive(Debug, Serialize)]
+pub struct SessionInfo {
+    /// When the session ends at the latest (Unix seconds).
+    pub expires_at: u64,
+}
+
 /// Who is signed in and what they may use.
 #[derive(Debug, Serialize)]
 pub struct WhoAmI {
@@ -31,8 +38,8 @@ pub struct WhoAmI {
     pub issuer: String,
     pub groups: Vec<String>,
     pub kind: crate::authn::IdentityKind,
-    /// When the session ends (Unix seconds), for a browser session; `null` for a bearer token.
-    pub session_expires_at: Option<u64>,
+    /// The browser session, `null` for a bearer token.
+    pub session: Option<SessionInfo>,
     pub routes: Vec<RouteAccess>,
     /// Set when a Cedar policy file also decides (the lists above then show the shorthand rules only).
     pub policy_file: Option<String>,
@@ -92,7 +99,7 @@ impl WhoAmI {
             issuer: identity.issuer_url.to_string(),
             groups: identity.groups.clone(),
             kind: identity.kind,
-            session_expires_at,
+            session: session_expires_at.map(|expires_at| SessionInfo { expires_at }),
             routes,
             policy_file: authz.policy_file.as_ref().map(|p| p.path.display().to_string()),
             server: settings.server.public_url.clone(),
