@@ -19,8 +19,8 @@ use hfgate::authn::{AuthError, bearer_token};
 use hfgate::authz::{Authorizer, compile_rule};
 use hfgate::classify::{self, Action, Classified, ClassifyError, ModelRef, RepoType, Request};
 use hfgate::config::{
-    self, ApiKind, ClaimPath, ConfigError, CookieKey, IssuerSettings, JwksSource, KindRule, RuleEffect, RuleSettings, Settings,
-    format_duration, format_size, parse_duration, parse_size,
+    self, ApiKind, ClaimPath, ConfigError, CookieKey, IssuerSettings, JwksSource, KindRule, RuleEffect, RuleSettings,
+    Settings, format_duration, format_size, parse_duration, parse_size,
 };
 use hfgate::jose::{Algorithm, SigningKey};
 use hfgate::login::SignIn;
@@ -993,7 +993,8 @@ pub fn cookie(data: &[u8]) {
                 return;
             };
             if let Ok(session) = sealer.open_json::<Session>(Purpose::Session, &sealed) {
-                let limits = SessionLimits { lifetime: Duration::from_secs(3600), idle_timeout: Duration::from_secs(600) };
+                let limits =
+                    SessionLimits { lifetime: Duration::from_secs(3600), idle_timeout: Duration::from_secs(600) };
                 let now = u64_at(rest, 0);
                 if session.check(limits, now).is_ok() {
                     assert!(now.saturating_sub(session.started) <= 3600 && now.saturating_sub(session.seen) <= 600);
