@@ -3,6 +3,7 @@
 
 mod duration;
 mod login;
+mod machines;
 mod settings;
 mod size;
 
@@ -14,6 +15,9 @@ use toml::Spanned;
 
 pub use duration::{format_duration, parse_duration};
 pub use login::{CliToken, CookieKey, LoginSettings};
+pub use machines::{
+    ClaimCondition, ClientAuthMethod, ExchangeKind, ExchangeSettings, OpaqueCheck, OpaqueSettings, Pattern, glob_match,
+};
 pub use settings::{
     ApiKind, AuditTarget, AuthzSettings, ClaimPath, Credential, IssuerSettings, JwksSource, KindRule, LoginMode,
     RouteSettings, RuleEffect, RuleSettings, ServerSettings, Settings, UpstreamUrl, is_loopback_host,
@@ -85,6 +89,8 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub deny: Vec<Spanned<RawRule>>,
     pub login: Option<Spanned<login::RawLogin>>,
+    #[serde(default)]
+    pub exchange: Vec<Spanned<machines::RawExchange>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -124,6 +130,7 @@ pub(crate) struct RawServer {
     pub header_read_timeout: Option<Text>,
     pub max_header_bytes: Option<Spanned<RawSize>>,
     pub max_request_body: Option<Spanned<RawSize>>,
+    pub exchanged_token_lifetime: Option<Text>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -151,6 +158,9 @@ pub(crate) struct RawIssuer {
     pub jwks_refresh_interval: Option<Text>,
     pub jwks_refetch_min_interval: Option<Text>,
     pub jwks_max_stale: Option<Text>,
+    pub require: Option<Spanned<std::collections::BTreeMap<String, Spanned<machines::RawCondition>>>>,
+    pub introspection: Option<Spanned<machines::RawIntrospection>>,
+    pub userinfo: Option<Spanned<machines::RawUserinfo>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -330,6 +330,14 @@ async fn pipeline(
         Credential::None => None,
         Credential::Static { header, .. } => Some(header.clone()),
         Credential::Passthrough => parts.headers.get(http::header::AUTHORIZATION).cloned(),
+        Credential::Exchange { name, .. } => {
+            return Err(HttpError::new(
+                http::StatusCode::BAD_GATEWAY,
+                "bad_gateway",
+                "exchange_unavailable",
+                format!("credential exchange {name} is not available"),
+            ));
+        }
     };
     let assertion = gateway.signer.assertion(digest, route.index, &settings.name, &identity);
     let path_and_query = route.upstream_path_and_query(path, parts.uri.query());

@@ -142,6 +142,8 @@ fn issuer_settings(variant: u8) -> IssuerSettings {
         jwks_refresh_interval: Duration::from_secs(300),
         jwks_refetch_min_interval: Duration::from_secs(30),
         jwks_max_stale: Duration::from_secs(3600),
+        require: Vec::new(),
+        opaque: None,
     }
 }
 

@@ -169,6 +169,8 @@ pub(crate) mod tests {
             jwks_refresh_interval: Duration::from_secs(300),
             jwks_refetch_min_interval: Duration::from_secs(30),
             jwks_max_stale: Duration::from_secs(3600),
+            require: Vec::new(),
+            opaque: None,
         }
     }
 

@@ -12,6 +12,10 @@ use http::uri::{Authority, Scheme, Uri};
 use toml::Spanned;
 
 use super::login::{LoginSettings, validate_login};
+use super::machines::{
+    ClaimCondition, ExchangeSettings, OpaqueSettings, WORKLOAD_MAX_TOKEN_LIFETIME, validate_exchange, validate_opaque,
+    validate_require,
+};
 use super::{RawConfig, RawIssuer, RawRoute, RawSize, Source, Text, format_size, parse_duration, parse_size};
 use crate::jose::Algorithm;
 
@@ -26,6 +30,8 @@ pub struct Settings {
     pub authz: AuthzSettings,
     /// `[login]`: sign-in for people (browser sessions and `hfgate login`), when configured.
     pub login: Option<LoginSettings>,
+    /// `[[exchange]]`: per-user upstream credentials, named by routes' `credential = "exchange:NAME"`.
+    pub exchanges: Vec<ExchangeSettings>,
 }
 
 /// Authorization: shorthand rules and an optional Cedar policy file. With neither, every verified
@@ -89,6 +95,8 @@ pub struct ServerSettings {
     pub max_header_bytes: usize,
     /// The largest request body a route accepts unless it sets its own; larger ones get 413.
     pub max_request_body: u64,
+    /// Lifetime of the tokens hfgate mints at a hub route's `/oauth/token` for CI jobs.
+    pub exchanged_token_lifetime: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,6 +124,10 @@ pub struct IssuerSettings {
     pub jwks_refresh_interval: Duration,
     pub jwks_refetch_min_interval: Duration,
     pub jwks_max_stale: Duration,
+    /// Claim conditions checked at authentication (`require = { repository = "acme/*" }`).
+    pub require: Vec<ClaimCondition>,
+    /// How this issuer's opaque (non-JWT) access tokens are checked, if it issues any.
+    pub opaque: Option<OpaqueSettings>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -216,6 +228,11 @@ pub enum Credential {
         header: HeaderValue,
         origin: String,
     },
+    /// A per-user credential from the `[[exchange]]` at this index in `Settings::exchanges`.
+    Exchange {
+        name: String,
+        index: usize,
+    },
 }
 
 impl fmt::Debug for Credential {
@@ -224,6 +241,7 @@ impl fmt::Debug for Credential {
             Credential::None => f.write_str("none"),
             Credential::Passthrough => f.write_str("passthrough"),
             Credential::Static { origin, .. } => write!(f, "{origin} (redacted)"),
+            Credential::Exchange { name, .. } => write!(f, "exchange:{name}"),
         }
     }
 }
@@ -317,6 +335,19 @@ pub(super) fn validate(src: &mut Source<'_>, raw: RawConfig, base_dir: &Path) ->
         src.issue(0, "issuer", "no [[issuer]] configured: every route requires a verified identity");
     }
 
+    let mut exchange_names = HashSet::new();
+    let mut exchanges = Vec::new();
+    for (index, exchange) in raw.exchange.iter().enumerate() {
+        let key = format!("exchange[{index}]");
+        if !exchange_names.insert(exchange.get_ref().name.get_ref().clone()) {
+            let message = format!("duplicate exchange name {:?}", exchange.get_ref().name.get_ref());
+            src.issue(exchange.get_ref().name.span().start, format!("{key}.name"), message);
+        }
+        if let Some(settings) = validate_exchange(src, exchange, &key) {
+            exchanges.push(settings);
+        }
+    }
+
     let mut route_names = HashSet::new();
     let mut prefixes = HashSet::new();
     let mut routes = Vec::new();
@@ -331,7 +362,7 @@ pub(super) fn validate(src: &mut Source<'_>, raw: RawConfig, base_dir: &Path) ->
             let message = format!("another route already has path {:?}", raw_route.path.get_ref());
             src.issue(raw_route.path.span().start, format!("{key}.path"), message);
         }
-        if let Some(settings) = validate_route(src, route, &key, base_dir) {
+        if let Some(settings) = validate_route(src, route, &key, base_dir, &exchanges) {
             routes.push(settings);
         }
     }
@@ -359,6 +390,7 @@ pub(super) fn validate(src: &mut Source<'_>, raw: RawConfig, base_dir: &Path) ->
         routes,
         authz: authz?,
         login: login?,
+        exchanges,
     })
 }
 
@@ -419,6 +451,13 @@ fn validate_server(src: &mut Source<'_>, raw: &RawConfig) -> Option<ServerSettin
         size_or(src, server.max_header_bytes.as_ref(), "server.max_header_bytes", 64 << 10, 8 << 10..=1 << 20);
     let max_request_body =
         size_or(src, server.max_request_body.as_ref(), "server.max_request_body", 16 << 20, 1..=1 << 40);
+    let exchanged_token_lifetime =
+        duration(src, &server.exchanged_token_lifetime, "server.exchanged_token_lifetime", 3600);
+    if let (Some(d), Some(field)) = (exchanged_token_lifetime, &server.exchanged_token_lifetime)
+        && (d < Duration::from_secs(60) || d > Duration::from_secs(24 * 3600))
+    {
+        src.issue(field.span().start, "server.exchanged_token_lifetime", "must be between 1m and 24h");
+    }
     let workers = match &server.workers {
         Some(w) if (1..=1024).contains(w.get_ref()) => Some(Some(*w.get_ref() as usize)),
         Some(w) => {
@@ -440,6 +479,7 @@ fn validate_server(src: &mut Source<'_>, raw: &RawConfig) -> Option<ServerSettin
         header_read_timeout: header_read_timeout?,
         max_header_bytes: max_header_bytes? as usize,
         max_request_body: max_request_body?,
+        exchanged_token_lifetime: exchanged_token_lifetime?,
     })
 }
 
@@ -566,6 +606,8 @@ fn validate_issuer(src: &mut Source<'_>, issuer: &Spanned<RawIssuer>, key: &str)
                 }
             }
         }),
+        // Workload tokens (CI, service accounts) live minutes to an hour; people's tokens up to a day.
+        None if raw.kind.as_ref().is_some_and(|k| k.get_ref() == "workload") => Some(Some(WORKLOAD_MAX_TOKEN_LIFETIME)),
         None => Some(Some(Duration::from_secs(24 * 3600))),
     };
     let require_typ = match &raw.require_typ {
@@ -608,6 +650,11 @@ fn validate_issuer(src: &mut Source<'_>, issuer: &Spanned<RawIssuer>, key: &str)
         src.issue(field.span().start, format!("{key}.jwks_refresh_interval"), "must be at least 1s");
     }
 
+    let require = match &raw.require {
+        Some(conditions) => validate_require(src, conditions, key),
+        None => Some(Vec::new()),
+    };
+    let opaque = validate_opaque(src, raw.introspection.as_ref(), raw.userinfo.as_ref(), key, insecure);
     Some(IssuerSettings {
         name: name?,
         issuer: issuer_url?,
@@ -625,6 +672,8 @@ fn validate_issuer(src: &mut Source<'_>, issuer: &Spanned<RawIssuer>, key: &str)
         jwks_refresh_interval: jwks_refresh_interval?,
         jwks_refetch_min_interval: jwks_refetch_min_interval?,
         jwks_max_stale: jwks_max_stale?,
+        require: require?,
+        opaque: opaque?,
     })
 }
 
@@ -633,6 +682,7 @@ fn validate_route(
     route: &Spanned<RawRoute>,
     key: &str,
     base_dir: &Path,
+    exchanges: &[ExchangeSettings],
 ) -> Option<RouteSettings> {
     let raw = route.get_ref();
     let name = identifier(src, &raw.name, &format!("{key}.name"));
@@ -700,7 +750,7 @@ fn validate_route(
     let credential = match &raw.credential {
         Some(value) => src
             .text(value, &format!("{key}.credential"))
-            .and_then(|spec| credential(src, value, &format!("{key}.credential"), &spec, base_dir)),
+            .and_then(|spec| credential(src, value, &format!("{key}.credential"), &spec, base_dir, exchanges)),
         None => Some(Credential::None),
     };
     let timeout = duration_or(src, raw.timeout.as_ref(), &format!("{key}.timeout"), Duration::from_secs(300));
@@ -899,12 +949,28 @@ fn policy_text(src: &mut Source<'_>, value: &Text, key: &str, text: String) -> O
     Some(text)
 }
 
-fn credential(src: &mut Source<'_>, value: &Text, key: &str, spec: &str, base_dir: &Path) -> Option<Credential> {
+fn credential(
+    src: &mut Source<'_>,
+    value: &Text,
+    key: &str,
+    spec: &str,
+    base_dir: &Path,
+    exchanges: &[ExchangeSettings],
+) -> Option<Credential> {
     let at = value.span().start;
     let secret = if spec == "none" {
         return Some(Credential::None);
     } else if spec == "passthrough" {
         return Some(Credential::Passthrough);
+    } else if let Some(name) = spec.strip_prefix("exchange:") {
+        return match exchanges.iter().position(|e| e.name == name) {
+            Some(index) => Some(Credential::Exchange { name: name.to_string(), index }),
+            None => {
+                let known: Vec<&str> = exchanges.iter().map(|e| e.name.as_str()).collect();
+                src.issue(at, key, format!("no [[exchange]] named {name:?}: expected one of [{}]", known.join(", ")));
+                None
+            }
+        };
     } else if let Some(name) = spec.strip_prefix("env:") {
         match std::env::var(name) {
             Ok(v) => v.trim().to_string(),
@@ -926,7 +992,7 @@ fn credential(src: &mut Source<'_>, value: &Text, key: &str, spec: &str, base_di
         src.issue(
             at,
             key,
-            "must be env:NAME, file:PATH, none or passthrough (a literal secret does not belong in the config file)",
+            "must be env:NAME, file:PATH, exchange:NAME, none or passthrough (a literal secret does not belong in the config file)",
         );
         return None;
     };
