@@ -7,6 +7,7 @@
 # Environment:
 #   HFGATE_BIN   the hfgate binary (default: <repo>/target/debug/hfgate)
 #   PYTHON       the interpreter that creates e2e/.venv (default: python3)
+#   HFGATE_E2E_CHROMIUM  the browser of the sign-in tests (default: /usr/bin/chromium)
 #
 # Installs what the tier needs inside the repository (e2e/idp/node_modules,
 # e2e/.venv), skipping work that is already up to date, then runs pytest and
@@ -49,6 +50,13 @@ if [ ! -f "$npm_stamp" ] || [ "$(cat "$npm_stamp")" != "$npm_want" ]; then
   echo "$npm_want" >"$npm_stamp"
 fi
 [ -f "$IDP_DIR/node_modules/oidc-provider/package.json" ] || die "oidc-provider is missing from $IDP_DIR/node_modules"
+[ -f "$IDP_DIR/node_modules/playwright-core/package.json" ] || die "playwright-core is missing from $IDP_DIR/node_modules"
+
+# --- the browser -------------------------------------------------------------
+# The sign-in tests drive Chromium (Debian's package; playwright-core downloads no browser). Without it
+# those tests fail with the reason; the others run.
+CHROMIUM="${HFGATE_E2E_CHROMIUM:-/usr/bin/chromium}"
+[ -x "$CHROMIUM" ] || echo "e2e: warning: no Chromium at $CHROMIUM (apt-get install chromium): the sign-in tests will fail" >&2
 
 # --- python venv -------------------------------------------------------------
 PYTHON="${PYTHON:-python3}"

@@ -9,9 +9,11 @@ the test; nothing here skips.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import tempfile
@@ -22,13 +24,19 @@ from pathlib import Path
 import pytest
 
 from support import (
+    BROWSER_SCRIPT,
+    CHROMIUM,
     IDP_DIR,
     IDP_SCRIPT,
     REPO_DIR,
+    WEB_CLIENT_SECRET,
+    Browser,
     Demo,
     Gate,
     GateFactory,
     IdP,
+    LoginStack,
+    LoginStackFactory,
     Procs,
     Stack,
     Upstream,
@@ -36,6 +44,7 @@ from support import (
     gate_config,
     hfgate_env,
     http_status,
+    login_gate_config,
     require_subcommand,
     start_mock_upstream,
     tail,
@@ -265,3 +274,94 @@ def demo(procs: Procs, hfgate_bin: Path) -> Demo:
         watch=(proc,),
     )
     return Demo(url=f"http://127.0.0.1:{port}", admin_url=admin_url, token=tok, proc=proc)
+
+
+# --------------------------------------------------------------------------
+# sign-in: a browser, and the IdP + hfgate with [login]
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def browser_ready(node_bin: str) -> str:
+    """Chromium and playwright-core are there; the browser driver's node."""
+    if not (IDP_DIR / "node_modules" / "playwright-core" / "package.json").exists():
+        pytest.fail(f"playwright-core is not installed in {IDP_DIR}/node_modules: run e2e/run.sh (npm ci)")
+    if not CHROMIUM.exists():
+        pytest.fail(
+            f"no Chromium at {CHROMIUM}: apt-get install chromium (scripts/test.sh does), or set HFGATE_E2E_CHROMIUM"
+        )
+    if not BROWSER_SCRIPT.exists():
+        pytest.fail(f"the browser driver {BROWSER_SCRIPT} is missing")
+    return node_bin
+
+
+@pytest.fixture
+def browser(browser_ready: str, tmp_path: Path) -> Browser:
+    """A fresh browser profile for this test; screenshots of failures go to tmp_path/browser/."""
+    return Browser(browser_ready, tmp_path)
+
+
+@pytest.fixture
+def start_login_stack(
+    procs: Procs, node_bin: str, keyfiles: dict[str, Path], hfgate_bin: Path, tmp_path: Path
+) -> LoginStackFactory:
+    """The IdP (knowing the gate's URL), the mock upstream and `hfgate serve` with [login], ready.
+
+    The gate's port is chosen first, since the IdP registers {gate}/.hfgate/callback as a redirect URI.
+    """
+
+    def start(rules: str, *, idp_args: tuple[str, ...] = (), login_extra: str = "") -> LoginStack:
+        require_subcommand(hfgate_bin, "serve")
+        upstream = start_mock_upstream(procs, hfgate_bin, chunk_delay="20ms", expect_credential=True)
+        cookie_key = base64.b64encode(secrets.token_bytes(32)).decode()
+        env = hfgate_env({"HFGATE_CLIENT_SECRET": WEB_CLIENT_SECRET, "HFGATE_COOKIE_KEY": cookie_key})
+        for attempt in range(3):
+            port, admin_port = free_port(), free_port()
+            gate_url = f"http://127.0.0.1:{port}"
+            idp = IdP(procs, node_bin).start(
+                keyfiles["A"], "key-a", port=0, extra_args=["--hfgate-url", gate_url, *idp_args]
+            )
+            config_path = tmp_path / f"hfgate-login-{attempt}.toml"
+            audit_path = tmp_path / f"audit-login-{attempt}.jsonl"
+            config_path.write_text(
+                login_gate_config(
+                    port=port,
+                    admin_port=admin_port,
+                    audit_path=audit_path,
+                    issuer=idp.issuer,
+                    upstream=upstream.url,
+                    rules=rules,
+                    login_extra=login_extra,
+                )
+            )
+            proc = procs.start("hfgate", [hfgate_bin, "serve", "--config", config_path], env=env)
+            gate = Gate(
+                url=gate_url,
+                admin_url=f"http://127.0.0.1:{admin_port}",
+                config_path=config_path,
+                audit_path=audit_path,
+                proc=proc,
+                env=env,
+            )
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and proc.alive():
+                if http_status(f"{gate.admin_url}/healthz", timeout=1) == 200:
+                    break
+                time.sleep(0.05)
+            if not proc.alive():
+                if "in use" in proc.stderr().lower():
+                    idp.stop()
+                    continue  # a port taken between free_port() and bind
+                pytest.fail(f"hfgate serve (with [login]) exited with status {proc.returncode()} at start")
+            if http_status(f"{gate.admin_url}/healthz", timeout=1) != 200:
+                pytest.fail("hfgate serve: GET /healthz on the admin listener did not answer 200 within 15s")
+            wait_until(
+                lambda: http_status(f"{gate.admin_url}/readyz", timeout=1) == 200,
+                "hfgate GET /readyz 200",
+                timeout=15,
+                watch=(proc,),
+            )
+            return LoginStack(idp=idp, upstream=upstream, gate=gate, cookie_key=cookie_key)
+        pytest.fail("hfgate serve could not bind its ports in three attempts")
+
+    return start

@@ -25,6 +25,8 @@ E2E_DIR = Path(__file__).resolve().parent.parent
 REPO_DIR = E2E_DIR.parent
 IDP_DIR = E2E_DIR / "idp"
 IDP_SCRIPT = IDP_DIR / "idp.mjs"
+BROWSER_SCRIPT = IDP_DIR / "browser.mjs"
+CHROMIUM = Path(os.environ.get("HFGATE_E2E_CHROMIUM", "/usr/bin/chromium"))
 
 # The organisation's upstream credential, known only to hfgate. Random per run
 # so that finding it anywhere it should not be is meaningful.
@@ -221,10 +223,14 @@ class IdP:
         self.proc: Proc | None = None
         self.port = 0
         self.issuer = ""
+        self.extra_args: list[str] = []
 
-    def start(self, keys: Path, sign_kid: str, port: int | None = None) -> IdP:
+    def start(self, keys: Path, sign_kid: str, port: int | None = None, extra_args: list[str] | None = None) -> IdP:
+        """`extra_args`: more options of idp.mjs (`--hfgate-url URL`, `--token-ttl N`), kept for restarts."""
+        if extra_args is not None:
+            self.extra_args = list(extra_args)
         argv = [self.node, str(IDP_SCRIPT), "--port", str(port if port is not None else self.port)]
-        argv += ["--keys", str(keys), "--sign-kid", sign_kid]
+        argv += ["--keys", str(keys), "--sign-kid", sign_kid, *self.extra_args]
         proc = self.procs.start("idp", argv)
 
         def ready() -> str | None:
@@ -515,3 +521,133 @@ def idp_jwks_hits(idp: IdP) -> int:
         for line in proc.stderr().splitlines()
         if line.startswith("idp: GET /jwks ")
     )
+
+
+# --------------------------------------------------------------------------
+# sign-in: the browser driver and a gate with [login]
+# --------------------------------------------------------------------------
+
+WEB_CLIENT_SECRET = "hfgate-web-secret"
+ALICE = {"user": "alice", "email": "alice@example.com", "groups": ["ml-research"]}
+BOB = {"user": "bob", "email": "bob@example.com", "groups": ["support"]}
+
+
+class Browser:
+    """Headless Chromium driven by e2e/idp/browser.mjs: one JSON request in, one JSON answer out.
+
+    Runs share cookies through a storage-state file, so consecutive `run` calls act as one browser.
+    A failing run fails the test with the driver's reason and the path of its screenshot.
+    """
+
+    def __init__(self, node: str, workdir: Path) -> None:
+        self.node = node
+        self.workdir = workdir
+        self.state = workdir / "browser-state.json"
+        self.artifacts = workdir / "browser"
+        self.runs = 0
+
+    def run(self, *steps: dict[str, Any], timeout: float = 60.0) -> list[dict[str, Any]]:
+        self.runs += 1
+        request = {
+            "steps": list(steps),
+            "state": str(self.state),
+            "artifacts": str(self.artifacts),
+            "chromium": str(CHROMIUM),
+            "timeout_ms": 15000,
+            "total_ms": int(timeout * 1000),
+        }
+        log = self.workdir / f"browser-run-{self.runs}.log"
+        try:
+            res = subprocess.run(
+                [self.node, str(BROWSER_SCRIPT)],
+                input=json.dumps(request),
+                capture_output=True,
+                text=True,
+                timeout=timeout + 15,
+                cwd=self.workdir,
+            )
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the browser driver did not finish within {timeout + 15:.0f}s (steps: {list(steps)})")
+        log.write_text(f"request: {json.dumps(request, indent=1)}\nstdout: {res.stdout}\nstderr: {res.stderr}\n")
+        try:
+            answer = json.loads(res.stdout.strip().splitlines()[-1]) if res.stdout.strip() else None
+        except json.JSONDecodeError:
+            answer = None
+        if answer is None:
+            pytest.fail(
+                f"the browser driver exited {res.returncode} without an answer; stderr:\n{tail(res.stderr, 40)}"
+            )
+        if res.returncode != 0 or not answer.get("ok"):
+            step = answer.get("step")
+            failed = steps[step] if isinstance(step, int) and 0 <= step < len(steps) else None
+            pytest.fail(
+                f"browser step {step} {json.dumps(failed)} failed: {answer.get('error')}\n"
+                f"  at {answer.get('url')}\n  screenshot: {answer.get('screenshot')}\n  html: {answer.get('html')}\n"
+                f"  log: {log}"
+            )
+        return answer["results"]
+
+
+@dataclass
+class LoginStack:
+    idp: IdP
+    upstream: Upstream
+    gate: Gate
+    cookie_key: str
+
+
+LoginStackFactory = Callable[..., LoginStack]
+
+
+def login_gate_config(
+    *, port: int, admin_port: int, audit_path: Path, issuer: str, upstream: str, rules: str, login_extra: str = ""
+) -> str:
+    """hfgate with [login] (the IdP's hfgate-web and hfgate-cli clients) and a `tgi` route that redirects
+    browsers to sign in. Secrets come from the environment (HFGATE_CLIENT_SECRET, HFGATE_COOKIE_KEY)."""
+    return f"""\
+[server]
+listen = "127.0.0.1:{port}"
+admin_listen = "127.0.0.1:{admin_port}"
+public_url = "http://127.0.0.1:{port}"
+
+[audit]
+path = "{audit_path}"
+
+[[issuer]]
+name = "corp"
+issuer = "{issuer}"
+audiences = ["{AUDIENCE}"]
+jwks_refetch_min_interval = "1s"
+
+[login]
+issuer = "corp"
+client_id = "hfgate-web"
+client_secret = "${{HFGATE_CLIENT_SECRET}}"
+scopes = ["openid", "email", "profile", "groups", "offline_access"]
+cookie_keys = ["${{HFGATE_COOKIE_KEY}}"]
+cli_client_id = "hfgate-cli"
+cli_scopes = ["openid", "email", "groups", "offline_access"]
+cli_parameters = {{ resource = "{AUDIENCE}" }}
+cli_token = "access_token"
+{login_extra}
+[[route]]
+name = "tgi"
+path = "/tgi/"
+upstream = "{upstream}"
+api = "tgi"
+model = "{MODEL}"
+credential = "env:HF_TOKEN"
+strip_prefix = true
+login = "redirect"
+{rules}"""
+
+
+def cli_env(config_home: Path, home: Path) -> dict[str, str]:
+    """The environment of `hfgate login|token|logout`: credentials under `config_home`, no browser to open."""
+    env = dict(os.environ)
+    for name in ("HFGATE_CONFIG_DIR", "BROWSER", "DISPLAY", "WAYLAND_DISPLAY", "HF_TOKEN"):
+        env.pop(name, None)
+    env["XDG_CONFIG_HOME"] = str(config_home)
+    env["HOME"] = str(home)
+    env.setdefault("RUST_BACKTRACE", "1")
+    return env
