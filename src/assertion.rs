@@ -108,6 +108,53 @@ impl AssertionSigner {
     }
 }
 
+/// The `typ` of the access tokens hfgate mints for CI jobs at a hub route's `/oauth/token`; no other token
+/// hfgate signs (assertions are `JWT`) carries it, so an assertion can never stand in for one.
+pub const MINTED_TYP: &str = "hfgate-at+jwt";
+/// The audience of the tokens hfgate mints: hfgate itself.
+pub const MINTED_AUDIENCE: &str = "hfgate";
+
+/// Claims a minted token takes from the caller's own token; the registered ones are hfgate's.
+const REGISTERED: [&str; 7] = ["iss", "aud", "exp", "iat", "nbf", "jti", "idp"];
+
+impl AssertionSigner {
+    /// An access token for a verified workload: its own token's claims, re-issued by hfgate (`iss` =
+    /// `public_url`, `aud` = `hfgate`, `idp` = the original issuer) for `lifetime`. Returns the token and
+    /// its `exp`.
+    pub fn mint(
+        &self,
+        original: &serde_json::Map<String, serde_json::Value>,
+        idp: &str,
+        lifetime: Duration,
+    ) -> Option<(String, u64)> {
+        let now = unix_now();
+        let exp = now + lifetime.as_secs();
+        let mut claims: serde_json::Map<String, serde_json::Value> = original
+            .iter()
+            .filter(|(k, _)| !REGISTERED.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        claims.insert("iss".into(), json!(self.issuer));
+        claims.insert("aud".into(), json!(MINTED_AUDIENCE));
+        claims.insert("idp".into(), json!(idp));
+        claims.insert("iat".into(), json!(now));
+        claims.insert("exp".into(), json!(exp));
+        claims.insert("jti".into(), json!(crate::oauth::random_urlsafe(12)));
+        let token = self.key.sign_jwt(&json!({"typ": MINTED_TYP}), &serde_json::Value::Object(claims)).ok()?;
+        Some((token, exp))
+    }
+
+    /// hfgate's public key, to verify the tokens it minted.
+    pub fn verifying_key(&self) -> Option<crate::authn::jwks::VerifyingKey> {
+        crate::authn::jwks::VerifyingKey::from_jwk(&self.key.public_jwk(), &[Algorithm::ES256]).ok()
+    }
+
+    /// The issuer of everything this signer signs (`public_url`).
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+}
+
 /// The DER body of the first PEM block, if `bytes` is PEM.
 fn pem_to_der(bytes: &[u8]) -> Option<Vec<u8>> {
     let text = std::str::from_utf8(bytes).ok()?;

@@ -91,6 +91,9 @@ pub enum AuthError {
     MissingSubject,
     #[error("claim {claim} is not a {expected}")]
     BadClaimType { claim: &'static str, expected: &'static str },
+    /// A claim condition of the issuer (`require`) does not hold.
+    #[error("claim {claim} {} does not satisfy issuer {issuer}'s require: expected one of [{expected}]", match found { Some(v) => format!("is '{v}' and"), None => "is missing and".to_string() })]
+    Requirement { issuer: String, claim: String, expected: String, found: Option<String> },
 }
 
 impl AuthError {
@@ -125,6 +128,7 @@ impl AuthError {
             AuthError::TypMismatch(_) => "typ_mismatch",
             AuthError::MissingSubject => "missing_sub",
             AuthError::BadClaimType { .. } => "bad_claim",
+            AuthError::Requirement { .. } => "requirement_failed",
         }
     }
 
@@ -177,6 +181,8 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<&str, AuthError> {
 /// Verifies bearer tokens for every configured issuer and caches the verified ones.
 pub struct Authenticator {
     issuers: Vec<Arc<IssuerKeys>>,
+    /// hfgate's own key and issuer, for the tokens it mints at `/oauth/token`.
+    minted: Option<(String, Arc<jwks::VerifyingKey>)>,
     by_iss: HashMap<String, usize>,
     cache: Cache<[u8; 32], Verified>,
     expected_issuers: String,
@@ -215,7 +221,12 @@ impl Authenticator {
         let by_iss = issuers.iter().enumerate().map(|(i, k)| (k.settings.issuer.clone(), i)).collect();
         let expected_issuers = issuers.iter().map(|k| k.settings.issuer.as_str()).collect::<Vec<_>>().join(", ");
         let cache = Cache::builder().max_capacity(100_000).expire_after(UntilExpiry).build();
-        Authenticator { issuers, by_iss, cache, expected_issuers }
+        Authenticator { issuers, minted: None, by_iss, cache, expected_issuers }
+    }
+
+    /// Accepts the tokens `signer` mints (`typ` hfgate-at+jwt, `aud` hfgate) as bearer tokens.
+    pub fn trust_minted(&mut self, signer: &crate::assertion::AssertionSigner) {
+        self.minted = signer.verifying_key().map(|key| (signer.issuer().to_string(), Arc::new(key)));
     }
 
     pub fn issuers(&self) -> &[Arc<IssuerKeys>] {
@@ -245,8 +256,9 @@ impl Authenticator {
             return Err(AuthError::HuggingFaceToken);
         }
         if let Some(verified) = self.cache.get(&digest) {
-            if unix_now() <= verified.identity.valid_until && self.issuers[verified.issuer].still_trusts(&verified.key)
-            {
+            // hfgate's own key does not rotate while it runs; an IdP's may be withdrawn.
+            let trusted = verified.issuer == MINTED || self.issuers[verified.issuer].still_trusts(&verified.key);
+            if unix_now() <= verified.identity.valid_until && trusted {
                 return Ok(verified.identity);
             }
             // Expired, or its key withdrawn or stale: verify afresh, which names the failed check.
@@ -268,11 +280,42 @@ impl Authenticator {
     async fn verify_keyed(&self, token: &str) -> Result<(Identity, usize, [u8; 32]), AuthError> {
         let jwt = jwt::parse(token)?;
         let iss = jwt.issuer()?;
+        if let Some((own, key)) = &self.minted
+            && iss == own
+        {
+            return self.verify_minted(&jwt, key);
+        }
         let issuer = *self.by_iss.get(iss).ok_or_else(|| AuthError::UnknownIssuer(self.expected_issuers.clone()))?;
         let settings = &self.issuers[issuer].settings;
         let key = self.verify_signature(&jwt, issuer).await?;
         let validity = jwt::check_claims(&jwt, settings, unix_now())?;
+        claims::check_requirements(settings, &jwt.claims)?;
         Ok((claims::identity_from_claims(settings, &jwt.claims, validity.expires_at), issuer, key))
+    }
+
+    /// A token hfgate minted for a workload: hfgate's key and `typ`, audience `hfgate`, then the original
+    /// issuer's conditions and claim mapping, as if the workload had presented its own token.
+    fn verify_minted(
+        &self,
+        jwt: &jwt::ParsedJwt<'_>,
+        key: &jwks::VerifyingKey,
+    ) -> Result<(Identity, usize, [u8; 32]), AuthError> {
+        if jwt.header.typ.as_deref() != Some(crate::assertion::MINTED_TYP) {
+            return Err(AuthError::TypMismatch(crate::assertion::MINTED_TYP.into()));
+        }
+        jwt.verify(key)?;
+        let idp = jwt.claims.get("idp").and_then(serde_json::Value::as_str).unwrap_or_default();
+        let issuer = *self.by_iss.get(idp).ok_or_else(|| AuthError::UnknownIssuer(self.expected_issuers.clone()))?;
+        let original = &self.issuers[issuer].settings;
+        let mut settings = (**original).clone();
+        settings.audiences = vec![crate::assertion::MINTED_AUDIENCE.into()];
+        settings.audience_claims = vec!["aud".into()];
+        settings.require_typ = None;
+        settings.max_token_lifetime = Some(Duration::from_secs(24 * 3600));
+        let validity = jwt::check_claims(jwt, &settings, unix_now())?;
+        claims::check_requirements(original, &jwt.claims)?;
+        let identity = claims::identity_from_claims(original, &jwt.claims, validity.expires_at);
+        Ok((identity, MINTED, key.fingerprint))
     }
 
     /// Verifies an ID token of issuer `issuer` (by index) whose claims are checked against `settings`: the
@@ -308,6 +351,9 @@ impl Authenticator {
         Ok(key.fingerprint)
     }
 }
+
+/// The issuer index cache entries of hfgate-minted tokens carry.
+const MINTED: usize = usize::MAX;
 
 /// SHA-256 of the token: the cache key, so tokens themselves are never kept as keys.
 pub fn token_digest(token: &str) -> [u8; 32] {

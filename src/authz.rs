@@ -478,7 +478,8 @@ impl Authorizer {
             ("issuer".to_string(), s(&identity.issuer)),
             ("client_id".to_string(), s(identity.client_id.as_deref().unwrap_or(""))),
         ]);
-        entities.push(Entity::new(principal.clone(), attrs, groups).map_err(|e| e.to_string())?);
+        let tags = identity.tags.iter().map(|(name, value)| (name.clone(), s(value)));
+        entities.push(Entity::new_with_tags(principal.clone(), attrs, groups, tags).map_err(|e| e.to_string())?);
         let resource = match (org, &q.classified.model) {
             (Some(org), _) => {
                 let r = uid("Hfgate::Org", org)?;

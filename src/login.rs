@@ -445,6 +445,7 @@ impl SignIn {
             groups: session.groups.clone(),
             kind: IdentityKind::User,
             client_id: Some(self.settings.client_id.clone()),
+            tags: Vec::new(),
         };
         claims::identity_from_parts(&self.issuer_settings, parts, session.claims_expire)
     }

@@ -55,7 +55,8 @@ impl Gateway {
         metrics: Arc<Metrics>,
         client: HttpClient,
     ) -> Gateway {
-        let authn = Authenticator::new(&settings.issuers, client.clone(), metrics.clone());
+        let mut authn = Authenticator::new(&settings.issuers, client.clone(), metrics.clone());
+        authn.trust_minted(&signer);
         let routes = RouteTable::new(&settings.routes);
         let proto = if settings.server.public_url.starts_with("https://") { "https" } else { "http" };
         let signin = SignIn::new(&settings, client.clone());

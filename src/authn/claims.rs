@@ -7,6 +7,7 @@ use http::HeaderValue;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use super::AuthError;
 use crate::config::{IssuerSettings, KindRule};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -36,6 +37,8 @@ pub struct Identity {
     pub headers: IdentityHeaders,
     /// The audit line's `identity` object, serialized once rather than on every request.
     pub audit_record: Option<Box<serde_json::value::RawValue>>,
+    /// Every claim of the token, flattened, for policies (Cedar entity tags).
+    pub tags: Vec<(String, String)>,
 }
 
 /// `X-Forwarded-User/Email/Groups` values, percent-encoded where a raw claim could not be a header.
@@ -72,7 +75,74 @@ pub fn identity_from_claims(issuer: &IssuerSettings, claims: &Map<String, Value>
             }
         }
     };
-    identity_from_parts(issuer, IdentityParts { subject, email, groups, kind, client_id }, expires_at)
+    let tags = claim_tags(claims);
+    identity_from_parts(issuer, IdentityParts { subject, email, groups, kind, client_id, tags }, expires_at)
+}
+
+/// The most claims a token contributes to policies, and the longest value kept: a token is attacker-sized.
+const MAX_TAGS: usize = 128;
+const MAX_TAG_BYTES: usize = 1024;
+
+/// Every claim, for policies (Cedar entity tags: `principal.getTag("repository") like "acme/*"`). Nested
+/// objects are flattened with `.` (`kubernetes.io.namespace`); strings stay as they are, numbers and
+/// booleans become their JSON text, and a list of those becomes its items joined with `,`. Objects in
+/// lists, `null`, and values over 1 KiB are left out, as is anything past the first 128.
+pub fn claim_tags(claims: &Map<String, Value>) -> Vec<(String, String)> {
+    fn scalar(value: &Value) -> Option<String> {
+        match value {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(_) | Value::Bool(_) => Some(value.to_string()),
+            _ => None,
+        }
+    }
+    fn walk(prefix: &str, claims: &Map<String, Value>, out: &mut Vec<(String, String)>, depth: usize) {
+        for (key, value) in claims {
+            if out.len() >= MAX_TAGS {
+                return;
+            }
+            let name = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+            let text = match value {
+                Value::Object(inner) if depth < 4 => {
+                    walk(&name, inner, out, depth + 1);
+                    continue;
+                }
+                Value::Array(items) => {
+                    let parts: Option<Vec<String>> = items.iter().map(scalar).collect();
+                    parts.map(|p| p.join(","))
+                }
+                other => scalar(other),
+            };
+            if let Some(text) = text.filter(|t| t.len() <= MAX_TAG_BYTES) {
+                out.push((name, text));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk("", claims, &mut out, 0);
+    out
+}
+
+/// The issuer's claim conditions (`require`), checked after the signature and the registered claims.
+/// The message names the claim and the patterns; a value from the (verified) token is quoted printably.
+pub fn check_requirements(issuer: &IssuerSettings, claims: &Map<String, Value>) -> Result<(), AuthError> {
+    for condition in &issuer.require {
+        if condition.holds(claims) {
+            continue;
+        }
+        let expected = condition.any_of.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+        let found = match condition.claim.lookup(claims) {
+            None => None,
+            Some(Value::String(s)) => Some(super::printable(s)),
+            Some(other) => Some(super::printable(&other.to_string())),
+        };
+        return Err(AuthError::Requirement {
+            issuer: issuer.name.clone(),
+            claim: super::printable(&condition.claim.0),
+            expected,
+            found,
+        });
+    }
+    Ok(())
 }
 
 /// Who a caller is, before it becomes an [`Identity`]: from a token's claims, or from a session cookie.
@@ -83,11 +153,13 @@ pub struct IdentityParts {
     pub groups: Vec<String>,
     pub kind: IdentityKind,
     pub client_id: Option<String>,
+    /// Every claim, flattened, for policies ([`claim_tags`]); empty for a browser session.
+    pub tags: Vec<(String, String)>,
 }
 
 /// Builds the shared [`Identity`]: header values and the audit record are encoded here, once.
 pub fn identity_from_parts(issuer: &IssuerSettings, parts: IdentityParts, expires_at: u64) -> Identity {
-    let IdentityParts { subject, email, groups, kind, client_id } = parts;
+    let IdentityParts { subject, email, groups, kind, client_id, tags } = parts;
     let headers = IdentityHeaders {
         user: header_value(&encode_header_text(&subject, false)),
         email: email.as_deref().map(|e| header_value(&encode_header_text(e, false))),
@@ -118,6 +190,7 @@ pub fn identity_from_parts(issuer: &IssuerSettings, parts: IdentityParts, expire
         expires_at,
         valid_until: expires_at.saturating_add(issuer.leeway.as_secs()),
         headers,
+        tags,
     }
 }
 
@@ -198,6 +271,98 @@ pub(crate) mod tests {
             identity_from_claims(&issuer(), &claims(serde_json::json!({"sub": "system:serviceaccount:ml:runner"})), 0);
         assert_eq!(sa.kind, IdentityKind::Workload);
         assert_eq!(verified.kind, IdentityKind::User);
+    }
+
+    /// Claims of a GitHub Actions OIDC token, as GitHub documents them.
+    fn github_claims() -> Map<String, Value> {
+        serde_json::json!({
+            "jti": "example-id", "sub": "repo:acme/models:environment:prod", "environment": "prod",
+            "aud": "hfgate", "ref": "refs/heads/main", "sha": "d6a3f1", "repository": "acme/models",
+            "repository_owner": "acme", "repository_owner_id": "123", "repository_id": "456",
+            "repository_visibility": "private", "run_id": "7", "run_number": "3", "run_attempt": "1",
+            "actor": "octocat", "workflow": "release", "event_name": "push", "ref_type": "branch",
+            "job_workflow_ref": "acme/models/.github/workflows/release.yml@refs/heads/main",
+            "iss": "https://token.actions.githubusercontent.com", "nbf": 1, "exp": 2, "iat": 1
+        })
+        .as_object()
+        .cloned()
+        .expect("object")
+    }
+
+    fn condition(claim: &str, any_of: &[&str]) -> crate::config::ClaimCondition {
+        crate::config::ClaimCondition {
+            claim: ClaimPath(claim.into()),
+            any_of: any_of.iter().map(|p| crate::config::Pattern(p.to_string())).collect(),
+        }
+    }
+
+    #[test]
+    fn requirements_match_exactly_by_glob_or_any_of() {
+        let mut github = issuer();
+        github.name = "github".into();
+        github.require = vec![
+            condition("repository", &["acme/*"]),
+            condition("ref", &["refs/heads/main"]),
+            condition("environment", &["prod", "staging"]),
+        ];
+        let claims = github_claims();
+        assert_eq!(check_requirements(&github, &claims), Ok(()));
+        let mut forked = claims.clone();
+        forked.insert("repository".into(), "evil/models".into());
+        let err = check_requirements(&github, &forked).expect_err("foreign repository");
+        assert_eq!(
+            err.to_string(),
+            "claim repository is 'evil/models' and does not satisfy issuer github's require: expected one of [acme/*]"
+        );
+        let mut dev = claims.clone();
+        dev.remove("environment");
+        let err = check_requirements(&github, &dev).expect_err("no environment");
+        assert!(err.to_string().contains("claim environment is missing"), "{err}");
+        // Nested claims (Kubernetes), numbers and lists.
+        let mut k8s = issuer();
+        k8s.require = vec![
+            condition("kubernetes.io.namespace", &["ml-*"]),
+            condition("roles", &["deployer"]),
+            condition("run_number", &["3"]),
+        ];
+        let ok = serde_json::json!({"kubernetes.io": {"namespace": "ml-prod"}, "roles": ["reader", "deployer"], "run_number": 3});
+        assert_eq!(check_requirements(&k8s, ok.as_object().expect("object")), Ok(()));
+        let bad =
+            serde_json::json!({"kubernetes.io": {"namespace": "default"}, "roles": ["deployer"], "run_number": 3});
+        assert!(check_requirements(&k8s, bad.as_object().expect("object")).is_err());
+        // The glob: `*` anywhere, including across `/`; anchored at both ends.
+        assert!(crate::config::glob_match("acme/*", "acme/x/y"));
+        assert!(crate::config::glob_match("*/models", "acme/models"));
+        assert!(crate::config::glob_match("a*b*c", "aXbYc"));
+        assert!(!crate::config::glob_match("acme/*", "acmex/y"));
+        assert!(!crate::config::glob_match("a*b", "ab_"));
+        assert!(crate::config::glob_match("a*a", "aa"));
+        assert!(!crate::config::glob_match("a*a", "a"));
+    }
+
+    #[test]
+    fn every_claim_becomes_a_tag() {
+        let claims = serde_json::json!({
+            "repository": "acme/models",
+            "kubernetes.io": {"namespace": "ml", "serviceaccount": {"name": "runner", "uid": "u-1"}},
+            "roles": ["a", "b"],
+            "amr": [{"not": "scalar"}],
+            "n": 3, "flag": true, "nothing": null,
+            "big": "x".repeat(2000),
+        });
+        let tags: std::collections::BTreeMap<String, String> =
+            claim_tags(claims.as_object().expect("object")).into_iter().collect();
+        assert_eq!(tags.get("repository").map(String::as_str), Some("acme/models"));
+        assert_eq!(tags.get("kubernetes.io.namespace").map(String::as_str), Some("ml"));
+        assert_eq!(tags.get("kubernetes.io.serviceaccount.name").map(String::as_str), Some("runner"));
+        assert_eq!(tags.get("roles").map(String::as_str), Some("a,b"));
+        assert_eq!(tags.get("n").map(String::as_str), Some("3"));
+        assert_eq!(tags.get("flag").map(String::as_str), Some("true"));
+        for absent in ["amr", "nothing", "big", "kubernetes.io"] {
+            assert!(!tags.contains_key(absent), "{absent}");
+        }
+        let many: Map<String, Value> = (0..500).map(|i| (format!("c{i}"), Value::from(i))).collect();
+        assert_eq!(claim_tags(&many).len(), MAX_TAGS);
     }
 
     #[test]
