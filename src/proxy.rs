@@ -208,7 +208,7 @@ fn truncate(text: &str, max: usize) -> &str {
 
 /// A request id: 32 random bits chosen at start, then a per-process counter run through a bijective
 /// mix, so ids are unique without a random draw per request, and do not look sequential.
-fn request_id() -> String {
+pub(crate) fn request_id() -> String {
     static SALT: std::sync::OnceLock<(u32, u64)> = std::sync::OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let (salt, offset) = *SALT.get_or_init(|| {

@@ -123,6 +123,9 @@ impl Listener {
         let mut router = match self {
             Listener::Proxy(gateway, router) => {
                 if !request.uri().path().starts_with(OWN_PREFIX) {
+                    if let Some(route) = crate::ci_token::route_for(&gateway, request.method(), request.uri().path()) {
+                        return crate::ci_token::handle(gateway, route, request.map(Body::new)).await;
+                    }
                     return proxy::handle(gateway, peer, request.map(Body::new)).await;
                 }
                 router
