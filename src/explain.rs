@@ -89,7 +89,7 @@ pub async fn explain(settings: &Settings, authz: &Authorizer, request: ExplainRe
         Caller::Claims(value) => match identity_from_claims_file(settings, value) {
             Ok(identity) => {
                 let _ = writeln!(out, "  skip  signature (claims file: no token to verify)");
-                let _ = writeln!(out, "  ok    issuer, exp and sub");
+                let _ = writeln!(out, "  ok    issuer, exp, sub and the issuer's require");
                 (identity, crate::authn::token_digest(&value.to_string()))
             }
             Err(why) => {
@@ -202,5 +202,6 @@ fn identity_from_claims_file(settings: &Settings, value: &Value) -> Result<Ident
     if claims.get("sub").and_then(Value::as_str).is_none_or(str::is_empty) {
         return Err("missing sub claim".into());
     }
+    claims::check_requirements(issuer, claims).map_err(|e| e.to_string())?;
     Ok(claims::identity_from_claims(issuer, claims, exp))
 }

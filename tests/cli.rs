@@ -344,3 +344,50 @@ fn explain_traces_an_allowed_and_a_refused_request() {
     assert!(refused.contains("decision: DENY"), "{refused}");
     assert!(refused.contains("reason: no policy permits infer on meta-llama/Llama-3.1-8B-Instruct"), "{refused}");
 }
+
+#[test]
+fn explain_applies_the_issuers_claim_conditions_and_policies_see_claims() {
+    let dir = common::temp_dir("explain-require");
+    let config = BASE.replace(
+        "audiences = [\"hfgate\"]",
+        "audiences = [\"hfgate\"]\nkind = \"workload\"\nrequire = { repository = \"acme/*\" }",
+    ) + "\n[authz]\npolicy_file = \"policies.cedar\"\n";
+    std::fs::write(dir.join("hfgate.toml"), &config).expect("config");
+    let policy = "@id(\"release\")\npermit (principal, action, resource) when {\n  principal.hasTag(\"workflow\") && principal.getTag(\"workflow\") == \"release\"\n};\n";
+    std::fs::write(dir.join("policies.cedar"), policy).expect("policy");
+    let now = hfgate::jose::unix_now();
+    let run = |repository: &str, workflow: &str| {
+        let claims = format!(
+            r#"{{"iss":"https://idp.example.com","sub":"repo:{repository}","aud":"hfgate","exp":{},"repository":"{repository}","workflow":"{workflow}"}}"#,
+            now + 300
+        );
+        std::fs::write(dir.join("claims.json"), claims).expect("claims");
+        let out = Command::new(BIN)
+            .args(["explain", "--config"])
+            .arg(dir.join("hfgate.toml"))
+            .arg("--claims")
+            .arg(dir.join("claims.json"))
+            .args(["--method", "POST", "--url", "http://gate/llama/generate"])
+            .output()
+            .expect("run");
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (code, allowed) = run("acme/models", "release");
+    assert_eq!(code, Some(0), "{allowed}");
+    assert!(allowed.contains("determining policies: release"), "{allowed}");
+    let (code, other_workflow) = run("acme/models", "nightly");
+    assert_eq!(code, Some(2), "{other_workflow}");
+    let (code, foreign) = run("evil/models", "release");
+    assert_eq!(code, Some(2), "{foreign}");
+    assert!(
+        foreign.contains("claim repository is 'evil/models' and does not satisfy issuer corp's require"),
+        "{foreign}"
+    );
+
+    // A policy reading a claim it did not test for is refused before serving, with its line.
+    let config = format!("{BASE}\n[authz]\npolicy_file = \"policies.cedar\"\n");
+    let unguarded = "permit (principal, action, resource);\n\n@id(\"tags\")\npermit (principal, action, resource)\nwhen { principal.getTag(\"repository\") == \"acme/x\" };\n";
+    let (ok, stderr) = check_with_policy(&config, unguarded);
+    assert!(!ok);
+    assert!(stderr.contains("DIR/policies.cedar:5: policy tags:") && stderr.contains("access to tag"), "{stderr}");
+}
