@@ -19,6 +19,7 @@ pub mod config;
 pub mod demo;
 pub mod device;
 pub mod error;
+pub mod exchange;
 pub mod explain;
 pub mod jose;
 pub mod login;

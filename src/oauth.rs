@@ -60,6 +60,8 @@ pub struct ProviderMetadata {
     pub device_authorization_endpoint: Option<String>,
     pub revocation_endpoint: Option<String>,
     pub userinfo_endpoint: Option<String>,
+    /// RFC 8414 / RFC 7662: where opaque access tokens are introspected.
+    pub introspection_endpoint: Option<String>,
 }
 
 impl ProviderMetadata {
@@ -128,6 +130,9 @@ pub struct TokenResponse {
     pub id_token: Option<String>,
     #[serde(default)]
     pub scope: Option<String>,
+    /// RFC 8693 §2.2.1: what a token exchange issued (`urn:ietf:params:oauth:token-type:access_token`...).
+    #[serde(default)]
+    pub issued_token_type: Option<String>,
 }
 
 impl std::fmt::Debug for TokenResponse {
@@ -172,6 +177,9 @@ pub enum ClientAuth<'a> {
     Public { client_id: &'a str },
     /// `client_secret_basic` (RFC 6749 §2.3.1).
     Basic { client_id: &'a str, client_secret: &'a str },
+    /// `Basic base64(client_id:client_secret)` without form-encoding the two first, as Hugging Face
+    /// documents it for its token exchange.
+    BasicUnencoded { client_id: &'a str, client_secret: &'a str },
 }
 
 impl std::fmt::Debug for ClientAuth<'_> {
@@ -179,6 +187,9 @@ impl std::fmt::Debug for ClientAuth<'_> {
         match self {
             ClientAuth::Public { client_id } => f.debug_struct("Public").field("client_id", client_id).finish(),
             ClientAuth::Basic { client_id, .. } => f.debug_struct("Basic").field("client_id", client_id).finish(),
+            ClientAuth::BasicUnencoded { client_id, .. } => {
+                f.debug_struct("BasicUnencoded").field("client_id", client_id).finish()
+            }
         }
     }
 }
@@ -200,6 +211,10 @@ pub async fn post_form<T: DeserializeOwned>(
         ClientAuth::Public { client_id } => fields.push(("client_id", client_id)),
         ClientAuth::Basic { client_id, client_secret } => {
             request = request.header(http::header::AUTHORIZATION, basic_auth(client_id, client_secret));
+        }
+        ClientAuth::BasicUnencoded { client_id, client_secret } => {
+            let credentials = STANDARD.encode(format!("{client_id}:{client_secret}"));
+            request = request.header(http::header::AUTHORIZATION, format!("Basic {credentials}"));
         }
     }
     let body = serde_urlencoded::to_string(&fields)

@@ -25,6 +25,7 @@ use crate::config::ApiKind;
 use crate::config::LoginMode;
 use crate::config::{Credential, Settings};
 use crate::error::HttpError;
+use crate::exchange::{Caller, Exchanger, Grant};
 use crate::login::{SessionAuth, SignIn};
 use crate::metrics::Metrics;
 use crate::route::{PathError, Route, RouteTable, normalize_path};
@@ -43,6 +44,8 @@ pub struct Gateway {
     pub client: HttpClient,
     /// Sign-in for people (`[login]`): sessions on every route, the sign-in endpoints.
     pub signin: Option<SignIn>,
+    /// Per-user upstream credentials (`credential = "exchange:NAME"`).
+    pub exchanger: Exchanger,
     proto: &'static str,
 }
 
@@ -60,7 +63,8 @@ impl Gateway {
         let routes = RouteTable::new(&settings.routes);
         let proto = if settings.server.public_url.starts_with("https://") { "https" } else { "http" };
         let signin = SignIn::new(&settings, client.clone());
-        Gateway { settings, routes, authn, authz, signer, audit, metrics, client, signin, proto }
+        let exchanger = Exchanger::new(&settings.exchanges, client.clone());
+        Gateway { settings, routes, authn, authz, signer, audit, metrics, client, signin, exchanger, proto }
     }
 }
 
@@ -327,17 +331,31 @@ async fn pipeline(
         None => verdict.bill_to.as_deref().and_then(|org| HeaderValue::from_str(org).ok()),
     };
 
+    let mut grant: Option<Grant> = None;
     let authorization = match &settings.credential {
         Credential::None => None,
         Credential::Static { header, .. } => Some(header.clone()),
         Credential::Passthrough => parts.headers.get(http::header::AUTHORIZATION).cloned(),
-        Credential::Exchange { name, .. } => {
-            return Err(HttpError::new(
-                http::StatusCode::BAD_GATEWAY,
-                "bad_gateway",
-                "exchange_unavailable",
-                format!("credential exchange {name} is not available"),
-            ));
+        Credential::Exchange { index, .. } => {
+            // The caller's own bearer token; a browser session has none.
+            let caller = Caller {
+                identity: &identity,
+                token: authn::bearer_token(&parts.headers).ok(),
+                request_id: &exchange.request_id,
+            };
+            match gateway.exchanger.authorization(*index, caller).await {
+                Ok(issued) => Some(grant.insert(issued).authorization.clone()),
+                Err(err) => {
+                    exchange.error = Some(err.to_string());
+                    let refusal = err.to_http();
+                    if refusal.status == http::StatusCode::FORBIDDEN {
+                        exchange.decision.allow = false;
+                        exchange.decision.policies = Arc::new([]);
+                        exchange.decision.reason = refusal.reason.into();
+                    }
+                    return Err(refusal);
+                }
+            }
         }
     };
     let assertion = gateway.signer.assertion(digest, route.index, &settings.name, &identity);
@@ -383,6 +401,12 @@ async fn pipeline(
     match forward::send(&gateway.client, upstream, settings.timeout).await {
         Ok(response) => {
             gateway.metrics.upstream_latency(&route.name, sent.elapsed());
+            if response.status() == http::StatusCode::UNAUTHORIZED
+                && let Some(grant) = &grant
+            {
+                // The upstream no longer takes the exchanged token (revoked, say): the next request gets another.
+                gateway.exchanger.forget(grant);
+            }
             Ok(response)
         }
         // The body grew past the limit while streaming: the upstream request was aborted for that.

@@ -92,7 +92,7 @@ fn check_names_file_line_and_key_for_every_problem() {
         (
             "credential = \"none\"",
             "credential = \"hf_literal\"",
-            "hfgate.toml:15: route[0].credential: must be env:NAME, file:PATH, none or passthrough",
+            "hfgate.toml:15: route[0].credential: must be env:NAME, file:PATH, exchange:NAME, none or passthrough",
         ),
         (
             "upstream = \"http://127.0.0.1:3000\"",
