@@ -1,7 +1,9 @@
 //! The door: a bearer JWT from the `Authorization` header, verified against the issuer named by its
-//! `iss`, becomes an [`Identity`]. Every refusal is an [`AuthError`] that names the exact check that failed.
+//! `iss`, becomes an [`Identity`]; so does an opaque token an issuer vouches for by introspection or at its
+//! userinfo endpoint ([`introspect`]). Every refusal is an [`AuthError`] that names the exact check that failed.
 
 pub mod claims;
+pub mod introspect;
 pub mod jwks;
 pub mod jwt;
 pub mod session;
@@ -94,6 +96,16 @@ pub enum AuthError {
     /// A claim condition of the issuer (`require`) does not hold.
     #[error("claim {claim} {} does not satisfy issuer {issuer}'s require: expected one of [{expected}]", match found { Some(v) => format!("is '{v}' and"), None => "is missing and".to_string() })]
     Requirement { issuer: String, claim: String, expected: String, found: Option<String> },
+    /// An opaque token the issuers asked (`issuer corp`, `issuers corp and partner`) do not know or no
+    /// longer honour: introspection said `active: false`, or the userinfo endpoint answered 401.
+    #[error("token is not active according to {0}")]
+    Inactive(String),
+    /// An introspection answer for something other than an access token (a refresh token).
+    #[error("token_type {0} is not an access token")]
+    NotAccessToken(String),
+    /// The issuer's introspection or userinfo endpoint could not answer: not the caller's fault.
+    #[error("issuer {issuer} cannot check the token now: {reason}; try again later")]
+    OpaqueUnavailable { issuer: String, reason: String },
 }
 
 impl AuthError {
@@ -129,13 +141,17 @@ impl AuthError {
             AuthError::MissingSubject => "missing_sub",
             AuthError::BadClaimType { .. } => "bad_claim",
             AuthError::Requirement { .. } => "requirement_failed",
+            AuthError::Inactive(_) => "inactive",
+            AuthError::NotAccessToken(_) => "not_access_token",
+            AuthError::OpaqueUnavailable { .. } => "introspection_unavailable",
         }
     }
 
-    /// 401 for anything about the token, 503 when hfgate cannot get the issuer's keys.
+    /// 401 for anything about the token, 503 when hfgate cannot get the issuer's keys or its answer about
+    /// an opaque token.
     pub fn status(&self) -> StatusCode {
         match self {
-            AuthError::KeysUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            AuthError::KeysUnavailable(_) | AuthError::OpaqueUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::UNAUTHORIZED,
         }
     }
@@ -186,6 +202,8 @@ pub struct Authenticator {
     by_iss: HashMap<String, usize>,
     cache: Cache<[u8; 32], Verified>,
     expected_issuers: String,
+    /// Issuers whose opaque tokens are introspected or checked at their userinfo endpoint.
+    opaque: Option<introspect::OpaqueTokens>,
 }
 
 /// A verified token as cached: who it names, and which issuer's key signed it, so that a key the IdP
@@ -199,7 +217,7 @@ struct Verified {
 
 impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Authenticator").field("issuers", &self.issuers).finish()
+        f.debug_struct("Authenticator").field("issuers", &self.issuers).field("opaque", &self.opaque).finish()
     }
 }
 
@@ -221,7 +239,8 @@ impl Authenticator {
         let by_iss = issuers.iter().enumerate().map(|(i, k)| (k.settings.issuer.clone(), i)).collect();
         let expected_issuers = issuers.iter().map(|k| k.settings.issuer.as_str()).collect::<Vec<_>>().join(", ");
         let cache = Cache::builder().max_capacity(100_000).expire_after(UntilExpiry).build();
-        Authenticator { issuers, minted: None, by_iss, cache, expected_issuers }
+        let opaque = introspect::OpaqueTokens::new(&issuers, client);
+        Authenticator { issuers, minted: None, by_iss, cache, expected_issuers, opaque }
     }
 
     /// Accepts the tokens `signer` mints (`typ` hfgate-at+jwt, `aud` hfgate) as bearer tokens.
@@ -251,9 +270,23 @@ impl Authenticator {
     }
 
     /// [`Authenticator::authenticate`] for a caller that already holds the token's digest.
+    ///
+    /// Hugging Face tokens (`hf_…`) are refused, except `hf_oauth_…` ones when Hugging Face OAuth is a
+    /// configured issuer. A token that is not shaped like a JWT goes to the issuers with `introspection` or
+    /// `userinfo` settings ([`introspect::OpaqueTokens`]); everything else is verified as a JWT.
     pub async fn authenticate_digested(&self, token: &str, digest: [u8; 32]) -> Result<Arc<Identity>, AuthError> {
         if token.starts_with("hf_") {
-            return Err(AuthError::HuggingFaceToken);
+            let hugging_face_oauth = token.starts_with(introspect::HUGGING_FACE_OAUTH_PREFIX)
+                && self.opaque.as_ref().is_some_and(introspect::OpaqueTokens::checks_hugging_face);
+            if !hugging_face_oauth {
+                return Err(AuthError::HuggingFaceToken);
+            }
+        }
+        if let Some(opaque) = &self.opaque
+            && (token.starts_with(introspect::HUGGING_FACE_OAUTH_PREFIX) || !introspect::looks_like_jwt(token))
+            && opaque.handles(token)
+        {
+            return opaque.authenticate(token, digest).await;
         }
         if let Some(verified) = self.cache.get(&digest) {
             // hfgate's own key does not rotate while it runs; an IdP's may be withdrawn.
