@@ -34,6 +34,7 @@ from support import (
     Demo,
     Gate,
     GateFactory,
+    GitHubIssuer,
     IdP,
     LoginStack,
     LoginStackFactory,
@@ -46,6 +47,7 @@ from support import (
     http_status,
     login_gate_config,
     require_subcommand,
+    serve_gate,
     start_mock_upstream,
     tail,
     wait_until,
@@ -363,5 +365,31 @@ def start_login_stack(
             )
             return LoginStack(idp=idp, upstream=upstream, gate=gate, cookie_key=cookie_key)
         pytest.fail("hfgate serve could not bind its ports in three attempts")
+
+    return start
+
+
+# --------------------------------------------------------------------------
+# workloads: a GitHub-Actions-shaped issuer, a gate whose config knows its own URL
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def github_issuer() -> Iterator[GitHubIssuer]:
+    """A GitHub-Actions-shaped OIDC issuer and Actions id-token runtime, on a loopback port in this process."""
+    issuer = GitHubIssuer()
+    try:
+        yield issuer
+    finally:
+        issuer.stop()
+
+
+@pytest.fixture
+def start_configured_gate(procs: Procs, hfgate_bin: Path, tmp_path: Path) -> GateFactory:
+    """`hfgate serve` with a whole config rendered for its ports: `start(render, env=None)`, where
+    `render(port, admin_port, audit_path)` returns the TOML. Waits for /readyz 200."""
+
+    def start(render, env: dict[str, str] | None = None) -> Gate:  # noqa: ANN001 - Callable[[int, int, Path], str]
+        return serve_gate(procs, hfgate_bin, tmp_path, render, env)
 
     return start

@@ -651,3 +651,305 @@ def cli_env(config_home: Path, home: Path) -> dict[str, str]:
     env["HOME"] = str(home)
     env.setdefault("RUST_BACKTRACE", "1")
     return env
+
+
+# --------------------------------------------------------------------------
+# workloads: a GitHub-Actions-shaped OIDC issuer, and a tap in front of the Hub mock
+# --------------------------------------------------------------------------
+
+GITHUB_REPOSITORY = "acme/models"
+GITHUB_RUNTIME_TOKEN = "ghs_e2e_runtime_request_token_" + secrets.token_hex(8)
+
+
+def github_claims(issuer: str, audience: str, **changes: Any) -> dict[str, Any]:
+    """The claims of a GitHub Actions OIDC token (as GitHub documents them) for a push to main of
+    `acme/models` in the `prod` environment; `changes` replace claims (`None` removes one). A different
+    `repository` or `environment` also changes `sub`, `repository_owner` and the workflow refs to match."""
+    repository = changes.get("repository") or GITHUB_REPOSITORY
+    environment = changes.get("environment", "prod")
+    owner = repository.split("/", 1)[0]
+    ref = changes.get("ref") or "refs/heads/main"
+    workflow_ref = f"{repository}/.github/workflows/release.yml@{ref}"
+    sha = secrets.token_hex(20)
+    now = int(time.time())
+    claims: dict[str, Any] = {
+        "jti": secrets.token_hex(16),
+        "sub": f"repo:{repository}:environment:{environment}" if environment else f"repo:{repository}:ref:{ref}",
+        "aud": audience,
+        "ref": ref,
+        "sha": sha,
+        "repository": repository,
+        "repository_owner": owner,
+        "repository_owner_id": "81234567",
+        "run_id": "9876543210",
+        "run_number": "42",
+        "run_attempt": "1",
+        "repository_visibility": "private",
+        "repository_id": "712345678",
+        "actor_id": "583231",
+        "actor": "octocat",
+        "workflow": "release",
+        "head_ref": "",
+        "base_ref": "",
+        "event_name": "push",
+        "ref_protected": "true",
+        "ref_type": "branch",
+        "workflow_ref": workflow_ref,
+        "workflow_sha": sha,
+        "job_workflow_ref": workflow_ref,
+        "job_workflow_sha": sha,
+        "runner_environment": "github-hosted",
+        "iss": issuer,
+        "nbf": now,
+        "exp": now + 300,
+        "iat": now,
+    }
+    if environment:
+        claims["environment"] = environment
+    for name, value in changes.items():
+        if name in ("repository", "environment", "ref"):
+            continue
+        if value is None:
+            claims.pop(name, None)
+        else:
+            claims[name] = value
+    return claims
+
+
+class GitHubIssuer:
+    """A GitHub-Actions-shaped OpenID Connect issuer in the test process (a thread on a loopback port).
+
+    - `/.well-known/openid-configuration` and `/jwks`, as `https://token.actions.githubusercontent.com`
+      serves them (issuer = this server's own `http://127.0.0.1:PORT`; RS256 key);
+    - `mint(audience, **changes)`: a token with GitHub's claim set ([`github_claims`]);
+    - the Actions runtime's id-token endpoint, `GET /token?audience=...` with
+      `Authorization: Bearer <ACTIONS_ID_TOKEN_REQUEST_TOKEN>`, answering `{"value": <token for that
+      audience>}`: what `huggingface_hub` calls when `GITHUB_ACTIONS=true`. `runtime_claims` are the
+      `changes` it mints with (`{"repository": "evil/models"}` makes it a job of another repository).
+
+    Every request is recorded in `requests` (method, path, query, headers) and every token minted in `minted`.
+    """
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import parse_qs, urlsplit
+
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.kid = b64url(secrets.token_bytes(20))
+        self.request_token = GITHUB_RUNTIME_TOKEN
+        self.runtime_claims: dict[str, Any] = {}
+        self.requests: list[dict[str, Any]] = []
+        self.minted: list[str] = []
+        self._lock = threading.Lock()
+        issuer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+                pass
+
+            def _send(self, status: int, body: dict[str, Any]) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json; charset=utf-8")
+                self.send_header("Content-Length", str(len(data)))
+                self.send_header("Cache-Control", "no-store")
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                url = urlsplit(self.path)
+                query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+                with issuer._lock:
+                    issuer.requests.append(
+                        {"method": "GET", "path": url.path, "query": query, "headers": dict(self.headers.items())}
+                    )
+                if url.path == "/.well-known/openid-configuration":
+                    self._send(200, issuer.discovery())
+                elif url.path == "/jwks":
+                    self._send(200, issuer.jwks())
+                elif url.path == "/token":
+                    if self.headers.get("Authorization") != f"Bearer {issuer.request_token}":
+                        self._send(401, {"message": "Bad credentials"})
+                        return
+                    # Without an audience, GitHub uses the repository owner's URL.
+                    owner = (issuer.runtime_claims.get("repository") or GITHUB_REPOSITORY).split("/")[0]
+                    audience = query.get("audience") or f"https://github.com/{owner}"
+                    self._send(200, {"count": 2000, "value": issuer.mint(audience, **issuer.runtime_claims)})
+                else:
+                    self._send(404, {"message": "Not Found"})
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.issuer = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, name="github-issuer", daemon=True)
+        self._thread.start()
+
+    @property
+    def runtime_url(self) -> str:
+        """ACTIONS_ID_TOKEN_REQUEST_URL: with a query of its own, as GitHub's has (`api-version`)."""
+        return f"{self.issuer}/token?api-version=2.0"
+
+    def discovery(self) -> dict[str, Any]:
+        return {
+            "issuer": self.issuer,
+            "jwks_uri": f"{self.issuer}/jwks",
+            "subject_types_supported": ["public", "pairwise"],
+            "response_types_supported": ["id_token"],
+            "claims_supported": [
+                "sub", "aud", "exp", "iat", "iss", "jti", "nbf", "ref", "sha", "repository", "repository_id",
+                "repository_owner", "repository_owner_id", "run_id", "run_number", "run_attempt", "actor",
+                "actor_id", "workflow", "workflow_ref", "workflow_sha", "head_ref", "base_ref", "event_name",
+                "ref_type", "ref_protected", "environment", "job_workflow_ref", "job_workflow_sha",
+                "repository_visibility", "runner_environment",
+            ],  # fmt: skip
+            "id_token_signing_alg_values_supported": ["RS256"],
+            "scopes_supported": ["openid"],
+        }
+
+    def jwks(self) -> dict[str, Any]:
+        numbers = self.key.public_key().public_numbers()
+
+        def uint(n: int) -> str:
+            return b64url(n.to_bytes((n.bit_length() + 7) // 8, "big"))
+
+        jwk = {"kty": "RSA", "alg": "RS256", "use": "sig", "kid": self.kid, "n": uint(numbers.n), "e": uint(numbers.e)}
+        return {"keys": [jwk]}
+
+    def sign(self, claims: dict[str, Any]) -> str:
+        import jwt as pyjwt
+
+        token = pyjwt.encode(claims, self.key, algorithm="RS256", headers={"kid": self.kid, "x5t": self.kid})
+        with self._lock:
+            self.minted.append(token)
+        return token
+
+    def mint(self, audience: str, **changes: Any) -> str:
+        return self.sign(github_claims(self.issuer, audience, **changes))
+
+    def runtime_requests(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [r for r in self.requests if r["path"] == "/token"]
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+class HubTap:
+    """A recording reverse proxy on a loopback port in front of the Hub mock: what the upstream received
+    (method, path, headers) for every request hfgate sent, answered with the mock's own response."""
+
+    def __init__(self, upstream: str) -> None:
+        import http.client
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import urlsplit
+
+        target = urlsplit(upstream)
+        self.requests: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        tap = self
+        hop = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection"}
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+                pass
+
+            def _forward(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in hop}
+                with tap._lock:
+                    tap.requests.append(
+                        {"method": self.command, "path": self.path, "headers": dict(self.headers.items())}
+                    )
+                conn = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
+                try:
+                    conn.request(self.command, self.path, body=body or None, headers=headers)
+                    res = conn.getresponse()
+                    data = res.read()
+                    self.send_response(res.status, res.reason)
+                    for name, value in res.getheaders():
+                        if name.lower() not in hop and name.lower() != "content-length":
+                            self.send_header(name, value)
+                    if self.command == "HEAD":
+                        self.send_header("Content-Length", res.getheader("Content-Length") or "0")
+                        self.end_headers()
+                    else:
+                        self.send_header("Content-Length", str(len(data)))
+                        self.end_headers()
+                        self.wfile.write(data)
+                finally:
+                    conn.close()
+
+            do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = _forward  # noqa: N815
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, name="hub-tap", daemon=True)
+        self._thread.start()
+
+    def received(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self.requests)
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+def serve_gate(
+    procs: Procs,
+    binary: Path,
+    workdir: Path,
+    render: Callable[[int, int, Path], str],
+    env: dict[str, str] | None = None,
+) -> Gate:
+    """`hfgate serve` with the config `render(port, admin_port, audit_path)` returns, ready (/readyz 200).
+
+    For configs that must know the gate's own URL (an audience that is the gate, an IdP redirect URI)."""
+    require_subcommand(binary, "serve")
+    full_env = hfgate_env(env)
+    for attempt in range(3):
+        port, admin_port = free_port(), free_port()
+        config_path = workdir / f"hfgate-serve-{attempt}.toml"
+        audit_path = workdir / f"audit-serve-{attempt}.jsonl"
+        config_path.write_text(render(port, admin_port, audit_path))
+        proc = procs.start("hfgate", [binary, "serve", "--config", config_path], env=full_env)
+        gate = Gate(
+            url=f"http://127.0.0.1:{port}",
+            admin_url=f"http://127.0.0.1:{admin_port}",
+            config_path=config_path,
+            audit_path=audit_path,
+            proc=proc,
+            env=full_env,
+        )
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and proc.alive():
+            if http_status(f"{gate.admin_url}/healthz", timeout=1) == 200:
+                break
+            time.sleep(0.05)
+        if not proc.alive():
+            if "in use" in proc.stderr().lower():
+                continue  # a port taken between free_port() and bind
+            pytest.fail(f"hfgate serve exited with status {proc.returncode()} at start:\n{tail(proc.stderr(), 40)}")
+        if http_status(f"{gate.admin_url}/healthz", timeout=1) != 200:
+            pytest.fail("hfgate serve: GET /healthz on the admin listener did not answer 200 within 15s")
+        wait_until(
+            lambda: http_status(f"{gate.admin_url}/readyz", timeout=1) == 200,
+            "hfgate GET /readyz 200",
+            timeout=15,
+            watch=(proc,),
+        )
+        return gate
+    pytest.fail("hfgate serve could not bind its ports in three attempts")
