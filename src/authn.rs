@@ -346,7 +346,10 @@ impl Authenticator {
         settings.require_typ = None;
         settings.max_token_lifetime = Some(Duration::from_secs(24 * 3600));
         let validity = jwt::check_claims(jwt, &settings, unix_now())?;
-        claims::check_requirements(original, &jwt.claims)?;
+        // The issuer's conditions hold for what the issuer said, not for what the job asked for.
+        let mut vouched = jwt.claims.clone();
+        vouched.remove(crate::ci_token::REQUESTED_RESOURCE);
+        claims::check_requirements(original, &vouched)?;
         let identity = claims::identity_from_claims(original, &jwt.claims, validity.expires_at);
         Ok((identity, MINTED, key.fingerprint))
     }

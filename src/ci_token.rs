@@ -24,6 +24,8 @@ const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 const ID_TOKEN: &str = "urn:ietf:params:oauth:token-type:id_token";
 const JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
 const ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
+/// The claim of a minted token holding the `resource` the job asked for (`HF_OIDC_RESOURCE`).
+pub const REQUESTED_RESOURCE: &str = "requested_resource";
 /// An exchange request is a few kilobytes at most (a JWT and a repo name).
 const MAX_BODY: usize = 64 * 1024;
 
@@ -66,6 +68,8 @@ pub async fn handle(gateway: Arc<Gateway>, route: Arc<Route>, request: Request<B
     let started_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
     let request_id = crate::proxy::request_id();
     let path = request.uri().path().to_string();
+    let bytes_in =
+        request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok()).unwrap_or(0);
     let outcome = exchange(&gateway, request).await;
     let (response, identity, decision, error) = match outcome {
         Ok((body, identity)) => {
@@ -103,7 +107,7 @@ pub async fn handle(gateway: Arc<Gateway>, route: Arc<Route>, request: Request<B
         path: &path,
         status,
         duration_ms: (started.elapsed().as_secs_f64() * 1e6).round() / 1000.0,
-        bytes_in: 0,
+        bytes_in,
         bytes_out,
         identity: identity.as_ref().and_then(|i| i.audit_record.as_deref()),
         model: None,
@@ -180,8 +184,11 @@ async fn exchange(
         return Err((refusal, Some(identity)));
     }
     let mut claims = claims;
+    // What the job asked for is the job's word, not its IdP's: kept under a name that says so, never
+    // overwriting a verified claim, and left out of the issuer's `require` checks.
+    claims.remove(REQUESTED_RESOURCE);
     if let Some(resource) = fields.resource.filter(|r| !r.is_empty()) {
-        claims.insert("resource".into(), Value::String(resource));
+        claims.insert(REQUESTED_RESOURCE.into(), Value::String(resource));
     }
     let lifetime = gateway.settings.server.exchanged_token_lifetime;
     let Some((minted, _exp)) = gateway.signer.mint(&claims, &identity.issuer_url, lifetime) else {

@@ -778,3 +778,38 @@ async fn discovery_supplies_the_endpoint_and_only_on_the_issuers_origin() {
     assert!(description.contains("is not on the issuer's origin: set introspection.endpoint"), "{description}");
     assert_eq!(foreign.calls("introspect", None), 0, "the token was not sent to the foreign endpoint");
 }
+
+/// `hfgate explain` checks an opaque token at its issuer, as serving does, and names the failed check.
+#[tokio::test]
+async fn explain_checks_opaque_tokens_at_their_issuer() {
+    let idp = Idp::start(Expect::Basic).await;
+    idp.grant("2YotnFZFEjr1zCsicMWpAA", idp.claims("alice", &["ml-research"]));
+    let dir = temp_dir("opaque-explain");
+    let text = format!(
+        "{}{}",
+        issuer_table("corp", idp.issuer(), &introspection(&idp, true, ""), ""),
+        route_table("probe", "/probe/", "127.0.0.1:9".parse().expect("addr"), ""),
+    );
+    let settings = hfgate::config::parse(&dir.join("hfgate.toml"), &text).expect("config");
+    let authz = hfgate::authz::Authorizer::new(&settings).expect("policies");
+    let explain = |token: &str| {
+        let request = hfgate::explain::ExplainRequest {
+            caller: hfgate::explain::Caller::Token(token.to_string()),
+            method: http::Method::GET,
+            path: "/probe/x".into(),
+            body: None,
+            bill_to: None,
+        };
+        hfgate::explain::explain(&settings, &authz, request)
+    };
+    let allowed = explain("2YotnFZFEjr1zCsicMWpAA").await;
+    assert!(allowed.allowed, "{}", allowed.text);
+    assert!(allowed.text.contains("ok    opaque token: active at issuer corp"), "{}", allowed.text);
+    let refused = explain("unknown-opaque-token").await;
+    assert!(!refused.allowed);
+    assert!(
+        refused.text.contains("FAIL  opaque token: token is not active according to issuer corp"),
+        "{}",
+        refused.text
+    );
+}

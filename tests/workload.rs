@@ -283,7 +283,7 @@ async fn a_ci_token_is_exchanged_for_an_hfgate_token_that_hub_routes_accept() {
     assert_eq!(claims["aud"], "hfgate");
     assert_eq!(claims["idp"], idp.issuer());
     assert_eq!(claims["repository"], "acme/models");
-    assert_eq!(claims["resource"], "acme/models");
+    assert_eq!(claims["requested_resource"], "acme/models");
     assert!(claims["exp"].as_u64().expect("exp") >= unix_now() + 3500);
     // Nothing was forwarded for the exchange itself.
     assert!(probe.log().requests.is_empty());

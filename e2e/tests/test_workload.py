@@ -437,7 +437,7 @@ def test_pre_minted_id_token_is_exchanged(workload_gate: WorkloadGate, tmp_path:
     assert ci.runtime_requests() == [], "with HF_OIDC_ID_TOKEN the client asks no runtime"
     hfgate_token = answer["token"]
     claims = assert_hfgate_token(stack, hfgate_token, ci_token)
-    assert claims["resource"] == RESOURCE, claims
+    assert claims["requested_resource"] == RESOURCE, claims
 
     events = stack.gate.wait_audit(4)
     exchanges = exchange_events(events)
