@@ -368,6 +368,8 @@ impl Authenticator {
         }
         self.verify_signature(&jwt, issuer).await?;
         let validity = jwt::check_claims(&jwt, settings, unix_now())?;
+        // A person signing in meets the issuer's conditions exactly as a bearer token must.
+        claims::check_requirements(settings, &jwt.claims)?;
         Ok((jwt.claims, validity.expires_at))
     }
 

@@ -158,6 +158,10 @@ async fn exchange(
         .as_deref()
         .filter(|t| !t.is_empty())
         .ok_or_else(|| (Refusal::bad("invalid_request", "subject_token is missing"), None))?;
+    // Only a JWT is exchanged: an opaque token is never shown to an introspection endpoint from here.
+    let claims = jwt::parse(token)
+        .map_err(|e| (Refusal::bad("invalid_grant", format!("subject_token refused: {e}")), None))?
+        .claims;
     // Verified exactly as a bearer token would be: signature, issuer, audience, lifetime, `require`.
     let identity = gateway.authn.authenticate(token).await.map_err(|err| {
         let refusal = match err {
@@ -170,14 +174,18 @@ async fn exchange(
         };
         (refusal, None)
     })?;
-    if identity.kind != IdentityKind::Workload {
+    let workload_issuer = gateway
+        .settings
+        .issuers
+        .iter()
+        .any(|i| *i.name == *identity.issuer && i.kind == crate::config::KindRule::Workload);
+    if !workload_issuer || identity.kind != IdentityKind::Workload {
         let refusal = Refusal::bad(
             "invalid_grant",
             "only workload identities (CI jobs, service accounts: issuers with kind = \"workload\") exchange tokens here",
         );
         return Err((refusal, Some(identity)));
     }
-    let claims = jwt::parse(token).map_err(|e| (Refusal::bad("invalid_grant", e.to_string()), None))?.claims;
     // A token hfgate minted is not exchanged again: its lifetime is hfgate's to give once.
     if claims.get("iss").and_then(Value::as_str) == Some(gateway.signer.issuer()) {
         let refusal = Refusal::bad("invalid_grant", "subject_token was issued by hfgate itself");

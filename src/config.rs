@@ -14,7 +14,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 pub use duration::{format_duration, parse_duration};
-pub use login::{CliToken, CookieKey, LoginSettings};
+pub use login::{CliToken, CookieKey, LoginSettings, RESERVED_CLI_PARAMETERS};
 pub use machines::{
     ClaimCondition, ClientAuthMethod, ExchangeKind, ExchangeSettings, OpaqueCheck, OpaqueSettings, Pattern, glob_match,
 };

@@ -43,8 +43,6 @@ const CREDENTIALS_FILE: &str = "credentials.json";
 /// A lock older than this is taken to be left over by a process that died while holding it.
 const LOCK_STALE: Duration = Duration::from_secs(60);
 const LOCK_WAIT: Duration = Duration::from_secs(70);
-/// Form parameters the device flow sets itself; `parameters` from the server cannot replace them.
-const RESERVED_PARAMETERS: [&str; 5] = ["client_id", "client_secret", "scope", "grant_type", "device_code"];
 
 /// Why `hfgate login`, `token` or `logout` failed. Every message is one line and names no token.
 #[derive(Debug, thiserror::Error)]
@@ -428,7 +426,7 @@ pub async fn login(server: &str, open: bool) -> Result<(), DeviceError> {
         form.push(("scope", &scope));
     }
     for (name, value) in &config.parameters {
-        if !RESERVED_PARAMETERS.contains(&name.as_str()) {
+        if !crate::config::RESERVED_CLI_PARAMETERS.contains(&name.as_str()) {
             form.push((name, value));
         }
     }

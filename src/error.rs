@@ -71,6 +71,11 @@ impl HttpError {
         )
     }
 
+    /// A session that could not be refreshed because the identity provider did not answer: try again.
+    pub fn session_unavailable(err: &crate::authn::session::SessionError) -> HttpError {
+        HttpError::new(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", err.code(), err.to_string())
+    }
+
     pub fn no_route(path: &str) -> HttpError {
         let shown: String = path.chars().take(128).collect();
         HttpError::new(StatusCode::NOT_FOUND, "not_found", "no_route", format!("no route for path {shown}"))

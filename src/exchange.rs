@@ -57,6 +57,10 @@ pub enum ExchangeError {
         "credential exchange {exchange} exchanges your bearer token, and a browser session has none: call with Authorization: Bearer <token from your identity provider>"
     )]
     NoToken { exchange: String },
+    #[error("credential exchange {exchange} serves callers of issuer {allowed} only, and you signed in with {issuer}")]
+    ForeignIssuer { exchange: String, issuer: String, allowed: String },
+    #[error("credential exchange {exchange} exchanges tokens of your identity provider, not one hfgate issued")]
+    NotTheIdpsToken { exchange: String },
     #[error(
         "Hugging Face refused to issue a token for {email}: not a member of the organisation of credential exchange {exchange} (invalid_grant{detail})"
     )]
@@ -79,6 +83,8 @@ impl ExchangeError {
         match self {
             ExchangeError::NoEmail { .. } => "exchange_no_email",
             ExchangeError::NoToken { .. } => "exchange_no_token",
+            ExchangeError::ForeignIssuer { .. } => "exchange_foreign_issuer",
+            ExchangeError::NotTheIdpsToken { .. } => "exchange_not_idp_token",
             ExchangeError::NotMember { .. } => "exchange_not_member",
             ExchangeError::SubjectRefused { .. } => "exchange_refused",
             ExchangeError::Misconfigured { .. } => "exchange_misconfigured",
@@ -94,6 +100,8 @@ impl ExchangeError {
         match self {
             ExchangeError::NoEmail { .. }
             | ExchangeError::NoToken { .. }
+            | ExchangeError::ForeignIssuer { .. }
+            | ExchangeError::NotTheIdpsToken { .. }
             | ExchangeError::NotMember { .. }
             | ExchangeError::SubjectRefused { .. } => StatusCode::FORBIDDEN,
             ExchangeError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -109,6 +117,8 @@ impl ExchangeError {
         match self {
             ExchangeError::NoEmail { .. }
             | ExchangeError::NoToken { .. }
+            | ExchangeError::ForeignIssuer { .. }
+            | ExchangeError::NotTheIdpsToken { .. }
             | ExchangeError::NotMember { .. }
             | ExchangeError::SubjectRefused { .. } => {
                 HttpError::new(status, "insufficient_scope", code, self.to_string())
@@ -290,11 +300,32 @@ impl moka::Expiry<[u8; 32], Arc<Slot>> for SlotExpiry {
 impl TokenExchange {
     async fn authorization(&self, caller: Caller<'_>) -> Result<(HeaderValue, [u8; 32]), ExchangeError> {
         let name = &self.settings.name;
+        let allowed = &self.settings.issuers;
+        if !allowed.is_empty() && !allowed.iter().any(|i| **i == *caller.identity.issuer) {
+            return Err(ExchangeError::ForeignIssuer {
+                exchange: name.clone(),
+                issuer: caller.identity.issuer.to_string(),
+                allowed: allowed.join(", "),
+            });
+        }
         let subject = match self.settings.kind {
             ExchangeKind::HuggingFace => {
                 caller.identity.email.as_deref().ok_or_else(|| ExchangeError::NoEmail { exchange: name.clone() })?
             }
-            ExchangeKind::Rfc8693 => caller.token.ok_or_else(|| ExchangeError::NoToken { exchange: name.clone() })?,
+            ExchangeKind::Rfc8693 => {
+                let token = caller.token.ok_or_else(|| ExchangeError::NoToken { exchange: name.clone() })?;
+                // Only the IdP's own token goes to its token endpoint: never one hfgate minted (its `iss` is
+                // hfgate) and never a Hugging Face token.
+                let foreign = token.starts_with("hf_")
+                    || crate::authn::jwt::parse(token)
+                        .ok()
+                        .and_then(|jwt| jwt.issuer().ok().map(str::to_string))
+                        .is_some_and(|iss| iss != *caller.identity.issuer_url);
+                if foreign {
+                    return Err(ExchangeError::NotTheIdpsToken { exchange: name.clone() });
+                }
+                token
+            }
         };
         let key = token_digest(subject);
         let slot = self.slots.get_with(key, || Arc::new(Slot::default()));
@@ -521,6 +552,7 @@ mod tests {
                 scope: None,
                 audience: None,
                 resource: None,
+                issuers: Vec::new(),
             },
             client: crate::client::build(Duration::from_secs(1)),
             slots: Cache::builder().max_capacity(10).expire_after(SlotExpiry).build(),

@@ -56,7 +56,10 @@ pub async fn explain(settings: &Settings, authz: &Authorizer, request: ExplainRe
     let _ = writeln!(out, "authentication");
     let (identity, digest) = match &request.caller {
         // An opaque token (or a Hugging Face OAuth token) is checked by its issuer, not by a signature.
-        Caller::Token(token) if !crate::authn::introspect::looks_like_jwt(token) || token.starts_with("hf_oauth_") => {
+        Caller::Token(token)
+            if !crate::authn::introspect::looks_like_jwt(token)
+                || token.starts_with(crate::authn::introspect::HUGGING_FACE_OAUTH_PREFIX) =>
+        {
             let digest = crate::authn::token_digest(token);
             match authn.authenticate(token).await {
                 Ok(identity) => {

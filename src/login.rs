@@ -85,6 +85,9 @@ pub enum SessionAuth {
     Valid { identity: Arc<Identity>, digest: [u8; 32], set_cookie: Option<String>, ends_at: u64 },
     /// A cookie that no longer (or never did) hold a session; `clear` removes it.
     Invalid { error: SessionError, clear: String },
+    /// A session whose claims expired while the provider could not be asked to refresh them: not the
+    /// person's doing, so the cookie stays and a later request tries again.
+    Unavailable { error: SessionError },
 }
 
 /// The outcome of the last discovery and when it was made (a failure is retried after a pause).
@@ -409,6 +412,10 @@ impl SignIn {
                     Err(SessionError::RefreshUnavailable(why)) if now <= session.claims_expire => {
                         tracing::warn!(subject = %session.subject, %why, "session refresh postponed: provider unavailable");
                     }
+                    Err(error @ SessionError::RefreshUnavailable(_)) => {
+                        tracing::warn!(subject = %session.subject, %error, "session refresh failed: provider unavailable");
+                        return SessionAuth::Unavailable { error };
+                    }
                     Err(error) => {
                         tracing::info!(subject = %session.subject, %error, "session ended: refresh failed");
                         return invalid(error);
@@ -503,6 +510,29 @@ impl SignIn {
             // Rotation: a new refresh token replaces the old; an IdP that does not rotate keeps the old valid.
             refresh_token: tokens.refresh_token.or_else(|| session.refresh_token.clone()),
         })
+    }
+
+    /// A session cookie rides along on any request the browser makes to hfgate, whoever's page made it;
+    /// SameSite=Lax stops other sites' POSTs, not those of sibling subdomains. So a request that is not
+    /// a safe method and is authenticated by the session must come from hfgate's own origin.
+    pub fn check_same_origin(&self, method: &http::Method, headers: &HeaderMap) -> Result<(), String> {
+        if matches!(*method, http::Method::GET | http::Method::HEAD | http::Method::OPTIONS) {
+            return Ok(());
+        }
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        match (header("origin"), header("sec-fetch-site")) {
+            (Some(origin), _) if origin.eq_ignore_ascii_case(&self.origin) => Ok(()),
+            (Some(origin), _) => Err(format!(
+                "a {method} authenticated by a session cookie must come from {}, not {}",
+                self.origin,
+                crate::authn::printable(origin)
+            )),
+            (None, Some("same-origin")) => Ok(()),
+            _ => Err(format!(
+                "a {method} authenticated by a session cookie must come from {} (no Origin header); API clients send a bearer token",
+                self.origin
+            )),
+        }
     }
 
     /// What `hfgate login` needs to sign in: public values only.

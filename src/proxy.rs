@@ -434,6 +434,9 @@ async fn session_identity(
         Some(signin) => match signin.authenticate(&gateway.authn, headers).await {
             SessionAuth::Valid { identity, digest, set_cookie, .. } => {
                 exchange.set_cookie = set_cookie;
+                signin.check_same_origin(method, headers).map_err(|why| {
+                    HttpError::new(http::StatusCode::FORBIDDEN, "invalid_request", "cross_site_request", why)
+                })?;
                 return Ok((identity, digest));
             }
             SessionAuth::Absent => HttpError::from(&authn::AuthError::MissingToken),
@@ -441,6 +444,7 @@ async fn session_identity(
                 exchange.set_cookie = Some(clear);
                 HttpError::session(&error, &signin.login_location("/"))
             }
+            SessionAuth::Unavailable { error } => return Err(HttpError::session_unavailable(&error)),
         },
     };
     match &gateway.signin {

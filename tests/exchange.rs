@@ -667,3 +667,25 @@ async fn browser_sessions_get_a_hugging_face_token_for_their_email() {
     assert!(upstream_authorization(&probe, "/echo/carol").starts_with("Bearer hf_oauth_carol_"));
     assert!(hub.violations().is_empty(), "{:?}", hub.violations());
 }
+
+/// `issuers = [...]` limits whose callers an exchange serves: another issuer's caller (whose email the
+/// organisation may not vouch for) is refused before the token endpoint is asked; an unknown name is a
+/// config error.
+#[tokio::test]
+async fn an_exchange_serves_only_the_issuers_it_names() {
+    let hub = TokenEndpoint::start(Mode::HuggingFace, &["alice@acme.test"]).await;
+    let partner = common::ScriptedIdp::start("127.0.0.2").await;
+    let tables = hugging_face_exchange(&hub.url()).replace("scope =", "issuers = [\"partner\"]\nscope =")
+        + &format!("\n[[issuer]]\nname = \"partner\"\nissuer = \"{}\"\naudiences = [\"hfgate\"]\n", partner.issuer());
+    let (stack, probe) = stack_with(&tables).await;
+    let reply = stack.get("/probe/echo/alice", Some(&token_for(&stack, "alice", Some("alice@acme.test")))).await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.text());
+    assert!(reply.description().contains("serves callers of issuer partner only"), "{}", reply.text());
+    assert!(hub.calls().is_empty(), "the token endpoint was asked");
+    assert!(probe.log().requests.is_empty());
+
+    let text = hugging_face_exchange(&hub.url()).replace("scope =", "issuers = [\"nobody\"]\nscope =");
+    let config = format!("[[issuer]]\nname = \"corp\"\nissuer = \"https://idp.example\"\naudiences = [\"a\"]\n{text}");
+    let err = hfgate::config::parse(std::path::Path::new("x.toml"), &config).expect_err("unknown issuer");
+    assert!(err.to_string().contains("exchange[0].issuers: no [[issuer]] named \"nobody\""), "{err}");
+}

@@ -66,6 +66,8 @@ struct Script {
     refuse_refresh: bool,
     /// How long a refresh_token grant takes.
     refresh_delay: Duration,
+    /// Every refresh_token grant fails with a 500 (the provider is down, not refusing).
+    refresh_broken: bool,
 }
 
 /// An authorization code, bound to what the authorization request carried.
@@ -137,6 +139,7 @@ impl Provider {
                 authorize_error: None,
                 refuse_refresh: false,
                 refresh_delay: Duration::ZERO,
+                refresh_broken: false,
             }),
             seen: Mutex::new(Observed::default()),
             codes: Mutex::new(BTreeMap::new()),
@@ -324,9 +327,9 @@ async fn token(
             tokens(&p, &code.user, Some(&code.nonce))
         }
         "refresh_token" => {
-            let (delay, refuse, user) = {
+            let (delay, refuse, broken, user) = {
                 let script = p.script.lock().expect("lock");
-                (script.refresh_delay, script.refuse_refresh, script.user.clone())
+                (script.refresh_delay, script.refuse_refresh, script.refresh_broken, script.user.clone())
             };
             {
                 let mut seen = p.seen.lock().expect("lock");
@@ -334,6 +337,9 @@ async fn token(
                 seen.refresh_presented.push(field("refresh_token").to_string());
             }
             tokio::time::sleep(delay).await;
+            if broken {
+                return (StatusCode::INTERNAL_SERVER_ERROR, "upstream database down").into_response();
+            }
             if refuse {
                 return refused(StatusCode::BAD_REQUEST, "invalid_grant", "the session at the provider ended");
             }
@@ -428,10 +434,19 @@ impl Harness {
     }
 
     async fn start_with_keys(keys: &[[u8; 32]]) -> Harness {
+        Harness::start_with_issuer(keys, "").await
+    }
+
+    /// `issuer_extra` goes into the sign-in issuer's table (a `require`, say).
+    async fn start_with_issuer(keys: &[[u8; 32]], issuer_extra: &str) -> Harness {
         let idp = Provider::start().await;
         let probe = Probe::start().await;
         let dir = common::temp_dir("login");
-        let text = gate_config(idp.issuer(), probe.addr(), &dir, &login_table(keys));
+        let text = gate_config(idp.issuer(), probe.addr(), &dir, &login_table(keys)).replacen(
+            "jwks_refetch_min_interval = \"1s\"",
+            &format!("jwks_refetch_min_interval = \"1s\"\n{issuer_extra}"),
+            1,
+        );
         let gate = Gate::start(dir, &text).await;
         assert!(gate.becomes_ready(Duration::from_secs(10)).await, "the provider's keys did not load");
         Harness { idp, probe, gate }
@@ -1216,4 +1231,85 @@ fn the_login_issuer_must_be_configured() {
         err.contains(&format!("login.toml:{line}: login.issuer: no [[issuer]] named \"nope\": expected one of [corp]")),
         "{err}"
     );
+}
+
+// --- review follow-ups ---------------------------------------------------------------------------------
+
+/// The sign-in issuer's `require` holds for people signing in, as for bearer tokens.
+#[tokio::test]
+async fn people_signing_in_meet_the_issuers_require() {
+    let h = Harness::start_with_issuer(&[KEY], "require = { email = \"*@acme.example\" }").await;
+    h.idp.script(|s| s.user.email = Some("mallory@evil.example".into()));
+    let begun = h.begin("/app/").await;
+    let callback = h.approve(&begun).await;
+    let refused = h.callback(&begun, &callback).await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "{}", refused.text());
+    assert!(
+        refused.text().contains("claim email is &#39;mallory@evil.example&#39; and does not satisfy"),
+        "{}",
+        refused.text()
+    );
+    assert!(set_cookie(&refused, SESSION).is_none(), "a session was started");
+
+    h.idp.script(|s| s.user.email = Some("alice@acme.example".into()));
+    let cookie = h.sign_in("/app/").await;
+    let reply = h.get("/api/echo/ok", JSON, Some(&session_cookie(&cookie))).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+}
+
+/// A request that changes something, authenticated by the session, must come from hfgate's own origin.
+#[tokio::test]
+async fn a_session_does_not_authenticate_cross_site_writes() {
+    let h = Harness::start().await;
+    let cookie = h.sign_in("/").await;
+    let post = |origin: Option<&'static str>, fetch_site: Option<&'static str>| {
+        let mut builder = Request::post(h.gate.url("/api/echo/post"))
+            .header(header::COOKIE, session_cookie(&cookie))
+            .header(header::CONTENT_TYPE, "text/plain");
+        if let Some(origin) = origin {
+            builder = builder.header(header::ORIGIN, origin);
+        }
+        if let Some(site) = fetch_site {
+            builder = builder.header("sec-fetch-site", site);
+        }
+        common::send(&h.gate.client, builder.body(Body::from("{}")).expect("request"))
+    };
+    for (origin, site) in [
+        (None, None),
+        (Some("https://evil.example"), Some("cross-site")),
+        (Some("null"), None),
+        (None, Some("same-site")),
+    ] {
+        let reply = post(origin, site).await;
+        assert_eq!(reply.status, StatusCode::FORBIDDEN, "{origin:?} {site:?}: {}", reply.text());
+        assert!(reply.description().contains("must come from https://gate.example"), "{}", reply.text());
+    }
+    assert!(h.probe.log().requests.is_empty(), "a cross-site write reached the upstream");
+    assert_eq!(post(Some("https://gate.example"), None).await.status, StatusCode::OK);
+    assert_eq!(post(None, Some("same-origin")).await.status, StatusCode::OK);
+    // Reads are not writes, and bearer tokens are not cookies: neither is checked.
+    assert_eq!(h.get("/api/echo/get", JSON, Some(&session_cookie(&cookie))).await.status, StatusCode::OK);
+}
+
+/// The provider failing (not refusing) is not the person's fault: claims that still hold carry on; claims
+/// already expired get a 503 and keep the cookie, so the next request can try again.
+#[tokio::test]
+async fn a_provider_outage_does_not_end_sessions() {
+    let h = Harness::start().await;
+    h.idp.script(|s| s.id_token_lifetime = 30);
+    let cookie = h.sign_in("/").await;
+    h.idp.script(|s| s.refresh_broken = true);
+    let still_valid = h.get("/api/echo/soon", JSON, Some(&session_cookie(&cookie))).await;
+    assert_eq!(still_valid.status, StatusCode::OK, "{}", still_valid.text());
+    assert!(set_cookie(&still_valid, SESSION).is_none_or(|c| !c.contains("Max-Age=0")), "the session was ended");
+
+    let now = unix_now();
+    let mut expired = session("alice", now - 100, now - 10, now - 5);
+    expired.refresh_token = Some("rt-unknown".into());
+    let sealed = h.signin().seal_session(&expired).expect("sealed");
+    let reply = h.get("/api/echo/expired", JSON, Some(&session_cookie(&sealed))).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{}", reply.text());
+    assert!(reply.description().contains("could not be reached"), "{}", reply.text());
+    assert!(set_cookie(&reply, SESSION).is_none(), "the cookie was cleared: {:?}", reply.headers);
+    assert!(!reply.header("retry-after").is_empty());
 }

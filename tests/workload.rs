@@ -384,3 +384,44 @@ async fn exchanges_refuse_what_they_cannot_vouch_for() {
     let reply = other.get("/hub/api/models/acme/models", Some(&minted)).await;
     assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{}", reply.text());
 }
+
+/// What a job gets from `/oauth/token` is hfgate's token: an rfc8693 exchange never forwards it to another
+/// token endpoint; a subject token that is not a JWT is never shown to an introspection endpoint; and a
+/// client-credentials token of a people issuer (`kind = "auto"`) does not count as a CI job.
+#[tokio::test]
+async fn minted_tokens_stay_with_hfgate() {
+    let idp = ScriptedIdp::start("127.0.0.1").await;
+    let corp = ScriptedIdp::start("127.0.0.2").await;
+    let probe = Probe::start().await;
+    let text = issuer_block(&idp, "github", "kind = \"workload\"")
+        + &issuer_block(&corp, "corp", "")
+        + "\n[[exchange]]\nname = \"models\"\nkind = \"rfc8693\"\ntoken_endpoint = \"http://127.0.0.1:9/token\"\nclient_id = \"gate\"\n"
+        + &route_table("hub", "/hub/", probe.addr(), "api = \"hub\"")
+        + &route_table("models", "/models/", probe.addr(), "credential = \"exchange:models\"");
+    let gate = gate(text).await;
+    let (_, answer) = exchange(&gate, exchange_body(&sign(&idp, &github("acme/models", "prod", "hfgate")))).await;
+    let minted = answer["access_token"].as_str().expect("minted").to_string();
+
+    let reply = gate.get("/models/echo", Some(&minted)).await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.text());
+    assert!(reply.description().contains("not one hfgate issued"), "{}", reply.text());
+    assert!(probe.log().requests.is_empty());
+
+    let (status, answer) = exchange(&gate, exchange_body("2YotnFZFEjr1zCsicMWpAA")).await;
+    assert_eq!((status, answer["error"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_grant")), "{answer}");
+    assert!(answer["error_description"].as_str().unwrap_or_default().contains("malformed token"), "{answer}");
+
+    let now = unix_now();
+    let app = json!({"aud": "hfgate", "sub": "app-1", "azp": "app-1", "iat": now, "exp": now + 600});
+    let (status, answer) = exchange(&gate, exchange_body(&sign(&corp, &app))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert!(answer["error_description"].as_str().unwrap_or_default().contains("only workload identities"), "{answer}");
+}
+
+#[test]
+fn no_route_may_be_named_like_the_audience_of_hfgates_own_tokens() {
+    let text = "[[issuer]]\nname = \"corp\"\nissuer = \"https://idp.example\"\naudiences = [\"a\"]\n\
+                [[route]]\nname = \"hfgate\"\npath = \"/x/\"\nupstream = \"http://127.0.0.1:9\"\n";
+    let err = hfgate::config::parse(std::path::Path::new("x.toml"), text).expect_err("reserved");
+    assert!(err.to_string().contains("x.toml:6: route[0].name: \"hfgate\" is reserved"), "{err}");
+}

@@ -429,7 +429,7 @@ fn accept(issuer: &OpaqueIssuer, mut answer: Map<String, Value>, now: u64) -> Re
         Some(Value::String(_)) => return Err(AuthError::UnknownIssuer(settings.issuer.clone())),
         Some(_) => return Err(AuthError::BadClaimType { claim: "iss", expected: "string" }),
     }
-    check_audience(&answer, settings)?;
+    super::jwt::check_audience(&answer, settings, false)?;
     if let Some(kind) = answer.get("token_type").and_then(Value::as_str)
         && kind.to_ascii_lowercase().contains("refresh")
     {
@@ -450,34 +450,11 @@ fn accept(issuer: &OpaqueIssuer, mut answer: Map<String, Value>, now: u64) -> Re
     Ok(claims::identity_from_claims(settings, &answer, expires_at))
 }
 
-/// RFC 7662 §2.2: `aud` is optional. When the answer has one of the issuer's audience claims, one of its
-/// values must be among the issuer's audiences.
-fn check_audience(answer: &Map<String, Value>, settings: &IssuerSettings) -> Result<(), AuthError> {
-    let mut seen = false;
-    for claim in &settings.audience_claims {
-        let values: Vec<&str> = match answer.get(claim) {
-            Some(Value::String(one)) => vec![one],
-            Some(Value::Array(list)) => list.iter().filter_map(Value::as_str).collect(),
-            _ => continue,
-        };
-        seen = true;
-        if values.iter().any(|aud| settings.audiences.iter().any(|want| want == aud)) {
-            return Ok(());
-        }
-    }
-    if seen { Err(AuthError::AudMismatch(settings.audiences.join(", "))) } else { Ok(()) }
-}
-
-/// A NumericDate (seconds, possibly fractional); anything else in the field is refused.
+/// A NumericDate of an answer: `null` counts as absent (some introspection endpoints send it).
 fn numeric_date(answer: &Map<String, Value>, name: &'static str) -> Result<Option<u64>, AuthError> {
     match answer.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => match (n.as_u64(), n.as_f64()) {
-            (Some(v), _) => Ok(Some(v)),
-            (None, Some(f)) if f >= 0.0 && f < u64::MAX as f64 => Ok(Some(f as u64)),
-            _ => Err(AuthError::BadClaimType { claim: name, expected: "non-negative NumericDate" }),
-        },
-        Some(_) => Err(AuthError::BadClaimType { claim: name, expected: "NumericDate" }),
+        Some(Value::Null) => Ok(None),
+        _ => super::jwt::numeric_date(answer, name),
     }
 }
 

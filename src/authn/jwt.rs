@@ -133,7 +133,7 @@ pub fn check_claims(jwt: &ParsedJwt<'_>, issuer: &IssuerSettings, now: u64) -> R
             });
         }
     }
-    check_audience(claims, issuer)?;
+    check_audience(claims, issuer, true)?;
     if let Some(required) = &issuer.require_typ {
         let typ = jwt.header.typ.as_deref().unwrap_or("");
         let typ = typ.strip_prefix("application/").unwrap_or(typ);
@@ -152,7 +152,13 @@ pub fn check_claims(jwt: &ParsedJwt<'_>, issuer: &IssuerSettings, now: u64) -> R
     Ok(Validity { expires_at: exp })
 }
 
-fn check_audience(claims: &Map<String, Value>, issuer: &IssuerSettings) -> Result<(), AuthError> {
+/// One of the issuer's audiences must be in one of its audience claims. Without any audience claim at all the
+/// check fails when `required` (JWTs), and passes otherwise (RFC 7662 §2.2: an introspection answer may omit it).
+pub(crate) fn check_audience(
+    claims: &Map<String, Value>,
+    issuer: &IssuerSettings,
+    required: bool,
+) -> Result<(), AuthError> {
     let mut seen = false;
     for claim in &issuer.audience_claims {
         let matches = |aud: &str| issuer.audiences.iter().any(|want| want == aud);
@@ -173,11 +179,15 @@ fn check_audience(claims: &Map<String, Value>, issuer: &IssuerSettings) -> Resul
         }
     }
     let expected = issuer.audiences.join(", ");
-    Err(if seen { AuthError::AudMismatch(expected) } else { AuthError::MissingAudience(expected) })
+    match (seen, required) {
+        (true, _) => Err(AuthError::AudMismatch(expected)),
+        (false, true) => Err(AuthError::MissingAudience(expected)),
+        (false, false) => Ok(()),
+    }
 }
 
 /// A NumericDate claim (RFC 7519 §2): seconds, possibly fractional; negative or non-numeric is refused.
-fn numeric_date(claims: &Map<String, Value>, name: &'static str) -> Result<Option<u64>, AuthError> {
+pub(crate) fn numeric_date(claims: &Map<String, Value>, name: &'static str) -> Result<Option<u64>, AuthError> {
     match claims.get(name) {
         None => Ok(None),
         Some(Value::Number(n)) => match (n.as_u64(), n.as_f64()) {

@@ -91,6 +91,9 @@ impl fmt::Debug for LoginSettings {
 
 const DEFAULT_SCOPES: [&str; 3] = ["openid", "email", "profile"];
 
+/// Parameters of the device flow that hfgate sets itself; `cli_parameters` may not name them.
+pub const RESERVED_CLI_PARAMETERS: [&str; 5] = ["client_id", "client_secret", "scope", "grant_type", "device_code"];
+
 pub(super) fn validate_login(
     src: &mut Source<'_>,
     raw: &Spanned<RawLogin>,
@@ -143,7 +146,7 @@ pub(super) fn validate_login(
     for (name, value) in raw.cli_parameters.iter().flatten() {
         let key = format!("login.cli_parameters.{name}");
         // The flow's own parameters are hfgate's to set.
-        if ["client_id", "client_secret", "scope", "grant_type", "device_code"].contains(&name.as_str()) {
+        if RESERVED_CLI_PARAMETERS.contains(&name.as_str()) {
             src.issue(value.span().start, &key, format!("{name:?} is set by hfgate itself"));
             continue;
         }

@@ -295,6 +295,7 @@ pub(crate) struct RawExchange {
     pub scope: Option<Text>,
     pub audience: Option<Text>,
     pub resource: Option<Text>,
+    pub issuers: Option<Vec<Text>>,
     pub insecure: Option<Spanned<bool>>,
 }
 
@@ -318,6 +319,8 @@ pub struct ExchangeSettings {
     pub scope: Option<String>,
     pub audience: Option<String>,
     pub resource: Option<String>,
+    /// Names of the issuers whose callers this exchange serves; empty = every issuer.
+    pub issuers: Vec<String>,
 }
 
 impl fmt::Debug for ExchangeSettings {
@@ -330,6 +333,7 @@ impl fmt::Debug for ExchangeSettings {
             .field("scope", &self.scope)
             .field("audience", &self.audience)
             .field("resource", &self.resource)
+            .field("issuers", &self.issuers)
             .finish_non_exhaustive()
     }
 }
@@ -341,6 +345,7 @@ pub(super) fn validate_exchange(
     src: &mut Source<'_>,
     raw: &Spanned<RawExchange>,
     key: &str,
+    issuer_names: &[&str],
 ) -> Option<ExchangeSettings> {
     let table_at = raw.span().start;
     let raw = raw.get_ref();
@@ -393,7 +398,25 @@ pub(super) fn validate_exchange(
     let scope = optional(src, &raw.scope, "scope");
     let audience = optional(src, &raw.audience, "audience");
     let resource = optional(src, &raw.resource, "resource");
+    let mut issuers = Vec::new();
+    let mut issuers_ok = true;
+    for value in raw.issuers.iter().flatten() {
+        let field = format!("{key}.issuers");
+        match src.text(value, &field) {
+            Some(name) if issuer_names.contains(&name.as_str()) => issuers.push(name),
+            Some(name) => {
+                let message = format!("no [[issuer]] named {name:?}: expected one of [{}]", issuer_names.join(", "));
+                src.issue(value.span().start, &field, message);
+                issuers_ok = false;
+            }
+            None => issuers_ok = false,
+        }
+    }
+    if !issuers_ok {
+        return None;
+    }
     Some(ExchangeSettings {
+        issuers,
         name: name?,
         kind: kind?,
         token_endpoint: token_endpoint?,

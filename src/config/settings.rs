@@ -343,7 +343,8 @@ pub(super) fn validate(src: &mut Source<'_>, raw: RawConfig, base_dir: &Path) ->
             let message = format!("duplicate exchange name {:?}", exchange.get_ref().name.get_ref());
             src.issue(exchange.get_ref().name.span().start, format!("{key}.name"), message);
         }
-        if let Some(settings) = validate_exchange(src, exchange, &key) {
+        let issuer_names: Vec<&str> = issuers.iter().map(|i: &IssuerSettings| i.name.as_str()).collect();
+        if let Some(settings) = validate_exchange(src, exchange, &key, &issuer_names) {
             exchanges.push(settings);
         }
     }
@@ -354,6 +355,11 @@ pub(super) fn validate(src: &mut Source<'_>, raw: RawConfig, base_dir: &Path) ->
     for (index, route) in raw.route.iter().enumerate() {
         let key = format!("route[{index}]");
         let raw_route = route.get_ref();
+        if raw_route.name.get_ref() == crate::assertion::MINTED_AUDIENCE {
+            // Assertions carry the route name as their audience; hfgate's own tokens carry this one.
+            let message = format!("{:?} is reserved (the audience of hfgate's own tokens)", raw_route.name.get_ref());
+            src.issue(raw_route.name.span().start, format!("{key}.name"), message);
+        }
         if !route_names.insert(raw_route.name.get_ref().clone()) {
             let message = format!("duplicate route name {:?}", raw_route.name.get_ref());
             src.issue(raw_route.name.span().start, format!("{key}.name"), message);

@@ -101,6 +101,7 @@ async fn whoami(State(gateway): State<Arc<Gateway>>, method: Method, headers: He
                     cookies.push(clear);
                     Err(HttpError::session(&error, &signin.login_location("/.hfgate/whoami")))
                 }
+                SessionAuth::Unavailable { error } => return HttpError::session_unavailable(&error).into_response("-"),
             },
             None => Err(HttpError::from(&AuthError::MissingToken)),
         },

@@ -150,7 +150,8 @@ impl WhoAmI {
             "hfgate login --server {}\nexport HF_TOKEN=$(hfgate token)\nexport OPENAI_API_KEY=$(hfgate token)",
             self.server
         )));
-        body.push_str("</pre>\n<form method=\"post\" action=\"/.hfgate/logout\"><button type=\"submit\">Sign out</button></form>\n");
+        // A link, not a form: logout redirects to the IdP, which `form-action 'self'` would block.
+        body.push_str("</pre>\n<p><a href=\"/.hfgate/logout\">Sign out</a></p>\n");
         document("Signed in - hfgate", &body)
     }
 }
