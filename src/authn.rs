@@ -239,7 +239,7 @@ impl Authenticator {
         let by_iss = issuers.iter().enumerate().map(|(i, k)| (k.settings.issuer.clone(), i)).collect();
         let expected_issuers = issuers.iter().map(|k| k.settings.issuer.as_str()).collect::<Vec<_>>().join(", ");
         let cache = Cache::builder().max_capacity(100_000).expire_after(UntilExpiry).build();
-        let opaque = introspect::OpaqueTokens::new(&issuers, client);
+        let opaque = introspect::OpaqueTokens::new(&issuers, client, metrics.clone());
         Authenticator { issuers, minted: None, by_iss, cache, expected_issuers, opaque }
     }
 

@@ -177,6 +177,15 @@ pub struct Exchanger {
     exchanges: Vec<TokenExchange>,
 }
 
+/// What a token endpoint call counts as in `hfgate_credential_exchanges`.
+fn outcome(issued: &Result<Issued, ExchangeError>) -> &'static str {
+    match issued {
+        Ok(_) => "issued",
+        Err(ExchangeError::NotMember { .. } | ExchangeError::SubjectRefused { .. }) => "refused",
+        Err(_) => "failed",
+    }
+}
+
 impl std::fmt::Debug for Exchanger {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_list().entries(self.exchanges.iter().map(|e| &e.settings.name)).finish()
@@ -184,12 +193,13 @@ impl std::fmt::Debug for Exchanger {
 }
 
 impl Exchanger {
-    pub fn new(settings: &[ExchangeSettings], client: HttpClient) -> Exchanger {
+    pub fn new(settings: &[ExchangeSettings], client: HttpClient, metrics: Arc<crate::metrics::Metrics>) -> Exchanger {
         let exchanges = settings
             .iter()
             .map(|s| TokenExchange {
                 settings: s.clone(),
                 client: client.clone(),
+                metrics: metrics.clone(),
                 slots: Cache::builder().max_capacity(100_000).expire_after(SlotExpiry).build(),
             })
             .collect();
@@ -230,6 +240,7 @@ impl Exchanger {
 struct TokenExchange {
     settings: ExchangeSettings,
     client: HttpClient,
+    metrics: Arc<crate::metrics::Metrics>,
     slots: Cache<[u8; 32], Arc<Slot>>,
 }
 
@@ -434,6 +445,7 @@ impl TokenExchange {
             Ok(answer) => self.issued(answer, sent),
             Err(err) => Err(self.failure(err, subject)),
         };
+        self.metrics.credential_exchange(&settings.name, outcome(&issued));
         if let Err(error) = &issued {
             match error {
                 ExchangeError::Misconfigured { code, detail, .. } => tracing::warn!(
@@ -555,6 +567,7 @@ mod tests {
                 issuers: Vec::new(),
             },
             client: crate::client::build(Duration::from_secs(1)),
+            metrics: Arc::new(crate::metrics::Metrics::new()),
             slots: Cache::builder().max_capacity(10).expire_after(SlotExpiry).build(),
         }
     }

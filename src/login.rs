@@ -113,6 +113,7 @@ pub struct SignIn {
     /// `state`s already used at the callback: a replayed callback is refused before the IdP sees it.
     used_states: Cache<String, ()>,
     identities: Cache<[u8; 32], Arc<Identity>>,
+    metrics: Arc<crate::metrics::Metrics>,
     /// One refresh per refresh token, shared by the requests that arrive while it runs.
     refreshes: Cache<[u8; 32], Arc<tokio::sync::OnceCell<Result<Session, SessionError>>>>,
 }
@@ -146,6 +147,7 @@ impl SignIn {
             identities: Cache::builder().max_capacity(100_000).time_to_live(Duration::from_secs(300)).build(),
             refreshes: Cache::builder().max_capacity(100_000).time_to_live(Duration::from_secs(30)).build(),
             provider: tokio::sync::Mutex::new(None),
+            metrics: Arc::new(crate::metrics::Metrics::new()),
             settings: login,
             public_url,
             origin,
@@ -154,6 +156,12 @@ impl SignIn {
             limits,
             client,
         })
+    }
+
+    /// Counts sign-ins, refreshes and sign-outs in these metrics (a server's own, not a private set).
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> SignIn {
+        self.metrics = metrics;
+        self
     }
 
     pub fn public_url(&self) -> &str {
@@ -275,6 +283,17 @@ impl SignIn {
         headers: &HeaderMap,
         query: &CallbackQuery,
     ) -> Result<Response<Body>, LoginError> {
+        let done = self.complete_sign_in(authn, headers, query).await;
+        self.metrics.session(if done.is_ok() { "signed_in" } else { "sign_in_failed" });
+        done
+    }
+
+    async fn complete_sign_in(
+        &self,
+        authn: &Authenticator,
+        headers: &HeaderMap,
+        query: &CallbackQuery,
+    ) -> Result<Response<Body>, LoginError> {
         let state = cookie_values(headers, self.cookies.login)
             .find_map(|value| self.sealer.open_json::<LoginState>(Purpose::Login, value).ok())
             .filter(|s| unix_now().saturating_sub(s.created) <= LOGIN_STATE_LIFETIME)
@@ -354,6 +373,7 @@ impl SignIn {
         for value in cookie_values(headers, self.cookies.session) {
             if let Ok(session) = self.sealer.open_json::<Session>(Purpose::Session, value) {
                 self.signed_out.insert(session.id, ());
+                self.metrics.session("signed_out");
             }
         }
         let signed_out = format!("{}/.hfgate/signed-out", self.public_url);
@@ -467,7 +487,17 @@ impl SignIn {
     ) -> Result<Session, SessionError> {
         let key = crate::authn::token_digest(token);
         let cell = self.refreshes.get_with(key, || Arc::new(tokio::sync::OnceCell::new()));
-        cell.get_or_init(|| self.refresh(authn, session, token)).await.clone()
+        cell.get_or_init(|| async {
+            let refreshed = self.refresh(authn, session, token).await;
+            self.metrics.session(match &refreshed {
+                Ok(_) => "refreshed",
+                Err(SessionError::RefreshUnavailable(_)) => "refresh_unavailable",
+                Err(_) => "refresh_failed",
+            });
+            refreshed
+        })
+        .await
+        .clone()
     }
 
     async fn refresh(&self, authn: &Authenticator, session: &Session, token: &str) -> Result<Session, SessionError> {

@@ -57,12 +57,26 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 17))
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ExchangeResult {
+    exchange: String,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SessionEvent {
+    event: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     requests: Family<RouteStatus, Counter>,
     auth_failures: Family<Reason, Counter>,
     upstream_latency: Family<RouteLabel, Histogram, fn() -> Histogram>,
     jwks_fetches: Family<IssuerResult, Counter>,
+    opaque_checks: Family<IssuerResult, Counter>,
+    credential_exchanges: Family<ExchangeResult, Counter>,
+    sessions: Family<SessionEvent, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -93,7 +107,34 @@ impl Metrics {
             upstream_latency.clone(),
         );
         registry.register("jwks_fetches", "JWKS fetches by issuer and result", jwks_fetches.clone());
-        Metrics { registry, requests, auth_failures, upstream_latency, jwks_fetches }
+        let opaque_checks = Family::<IssuerResult, Counter>::default();
+        registry.register(
+            "opaque_checks",
+            "Opaque-token checks at an issuer's introspection or userinfo endpoint, by result (active, inactive, unavailable)",
+            opaque_checks.clone(),
+        );
+        let credential_exchanges = Family::<ExchangeResult, Counter>::default();
+        registry.register(
+            "credential_exchanges",
+            "Calls to an [[exchange]] token endpoint, by result (issued, refused, failed)",
+            credential_exchanges.clone(),
+        );
+        let sessions = Family::<SessionEvent, Counter>::default();
+        registry.register(
+            "sessions",
+            "Browser sessions: signed_in, sign_in_failed, refreshed, refresh_failed, refresh_unavailable, signed_out",
+            sessions.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            auth_failures,
+            upstream_latency,
+            jwks_fetches,
+            opaque_checks,
+            credential_exchanges,
+            sessions,
+        }
     }
 
     pub fn request(&self, route: &Arc<str>, status: u16) {
@@ -110,6 +151,20 @@ impl Metrics {
 
     pub fn jwks_fetch(&self, issuer: &str, result: &'static str) {
         self.jwks_fetches.get_or_create(&IssuerResult { issuer: issuer.to_string(), result: result.to_string() }).inc();
+    }
+
+    pub fn opaque_check(&self, issuer: &str, result: &'static str) {
+        self.opaque_checks
+            .get_or_create(&IssuerResult { issuer: issuer.to_string(), result: result.to_string() })
+            .inc();
+    }
+
+    pub fn credential_exchange(&self, exchange: &str, result: &'static str) {
+        self.credential_exchanges.get_or_create(&ExchangeResult { exchange: exchange.to_string(), result }).inc();
+    }
+
+    pub fn session(&self, event: &'static str) {
+        self.sessions.get_or_create(&SessionEvent { event }).inc();
     }
 
     /// The Prometheus text exposition.

@@ -62,8 +62,8 @@ impl Gateway {
         authn.trust_minted(&signer);
         let routes = RouteTable::new(&settings.routes);
         let proto = if settings.server.public_url.starts_with("https://") { "https" } else { "http" };
-        let signin = SignIn::new(&settings, client.clone());
-        let exchanger = Exchanger::new(&settings.exchanges, client.clone());
+        let signin = SignIn::new(&settings, client.clone()).map(|s| s.with_metrics(metrics.clone()));
+        let exchanger = Exchanger::new(&settings.exchanges, client.clone(), metrics.clone());
         Gateway { settings, routes, authn, authz, signer, audit, metrics, client, signin, exchanger, proto }
     }
 }

@@ -343,6 +343,9 @@ async fn concurrent_requests_of_one_user_share_one_exchange() {
     assert_eq!(hub.calls().len(), 1, "one exchange for twenty concurrent requests");
     let tokens: HashSet<String> = (0..20).map(|i| upstream_authorization(&probe, &format!("/echo/c{i}"))).collect();
     assert_eq!(tokens.len(), 1, "{tokens:?}");
+    let request = Request::get(stack.admin_url("/metrics")).body(Body::empty()).expect("request");
+    let metrics = common::send(&stack.client, request).await.text();
+    assert!(metrics.contains("hfgate_credential_exchanges_total{exchange=\"hf\",result=\"issued\"} 1"), "{metrics}");
 }
 
 /// A token is reused until shortly before `expires_in`, then exchanged again.

@@ -773,6 +773,9 @@ async fn logout_ends_the_session_here_and_at_the_provider() {
     assert!(browser.header("location").starts_with(&format!("{PUBLIC_URL}/.hfgate/login?")), "{:?}", browser.headers);
     assert_eq!(params_of(browser.header("location")).get("rd").map(String::as_str), Some("/app/echo/after"));
     assert_session_cleared(&browser);
+    let metrics = h.gate.metrics().await;
+    assert!(metrics.contains("hfgate_sessions_total{event=\"signed_in\"} 1"), "{metrics}");
+    assert!(metrics.contains("hfgate_sessions_total{event=\"signed_out\"} 1"), "{metrics}");
 
     let targets: Vec<String> = h.probe.log().requests.iter().map(|r| r.target.clone()).collect();
     assert_eq!(targets, ["/echo/before"], "nothing after the logout reached the upstream");
@@ -1075,6 +1078,7 @@ async fn a_refused_refresh_ends_the_session() {
     let line = h.audit_line(|l| l["path"] == "/api/echo/refused").await;
     assert_eq!(line["decision"]["reason"], "session_refresh_failed", "{line}");
     assert!(h.idp.seen().refresh_grants >= 1);
+    assert!(h.gate.metrics().await.contains("hfgate_sessions_total{event=\"refresh_failed\"} 1"));
 
     let browser = h.get("/app/echo/refused", HTML, Some(&session_cookie(&cookie))).await;
     assert_eq!(browser.status, StatusCode::FOUND, "{}", browser.text());

@@ -567,6 +567,10 @@ async fn concurrent_requests_with_one_new_token_share_one_introspection() {
         assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
     }
     assert_eq!(idp.calls("introspect", Some("bogus-token")), 1);
+    // One call each, counted as what the issuer said.
+    let metrics = gate.metrics().await;
+    assert!(metrics.contains("hfgate_opaque_checks_total{issuer=\"corp\",result=\"active\"} 1"), "{metrics}");
+    assert!(metrics.contains("hfgate_opaque_checks_total{issuer=\"corp\",result=\"inactive\"} 1"), "{metrics}");
 }
 
 /// An active answer is cached until the token's `exp`, and never longer than `cache`.

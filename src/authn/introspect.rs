@@ -138,6 +138,7 @@ impl Drop for InFlight<'_> {
 pub struct OpaqueTokens {
     issuers: Vec<OpaqueIssuer>,
     client: HttpClient,
+    metrics: Arc<crate::metrics::Metrics>,
     answers: Cache<[u8; 32], Answer>,
     in_flight: Mutex<HashMap<[u8; 32], Flight>>,
 }
@@ -151,7 +152,11 @@ impl std::fmt::Debug for OpaqueTokens {
 
 impl OpaqueTokens {
     /// The opaque-token checks of these issuers, in configuration order; `None` when no issuer has any.
-    pub fn new(issuers: &[Arc<IssuerKeys>], client: HttpClient) -> Option<OpaqueTokens> {
+    pub fn new(
+        issuers: &[Arc<IssuerKeys>],
+        client: HttpClient,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Option<OpaqueTokens> {
         let issuers: Vec<OpaqueIssuer> = issuers
             .iter()
             .filter_map(|keys| {
@@ -170,7 +175,7 @@ impl OpaqueTokens {
             return None;
         }
         let answers = Cache::builder().max_capacity(100_000).expire_after(UntilDeadline).build();
-        Some(OpaqueTokens { issuers, client, answers, in_flight: Mutex::new(HashMap::new()) })
+        Some(OpaqueTokens { issuers, client, metrics, answers, in_flight: Mutex::new(HashMap::new()) })
     }
 
     /// Whether Hugging Face OAuth is configured as an issuer (`https://huggingface.co` with `userinfo`).
@@ -211,7 +216,14 @@ impl OpaqueTokens {
         let mut negative_for: Option<Duration> = None;
         let mut unavailable = None;
         for issuer in self.candidates(token) {
-            match self.ask(issuer, token).await {
+            let said = self.ask(issuer, token).await;
+            let result = match &said {
+                Ok(Said::Active(_)) => "active",
+                Ok(Said::Inactive) => "inactive",
+                Err(_) => "unavailable",
+            };
+            self.metrics.opaque_check(&issuer.settings.name, result);
+            match said {
                 Ok(Said::Active(answer)) => {
                     let now = Instant::now();
                     let outcome = accept(issuer, answer, unix_now()).map(Arc::new);
