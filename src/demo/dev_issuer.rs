@@ -1,6 +1,13 @@
 //! A development OpenID Connect issuer: discovery, a JWKS, and a token endpoint that mints short-lived
 //! tokens for a few demo users. Loopback only. Tests use it too, as an in-process issuer whose keys can
 //! rotate and whose JWKS endpoint can fail on demand.
+//!
+//! For the clients registered with [`DevIssuer::register_client`] it also signs people in: the
+//! authorization code flow with PKCE (a page where the person picks a demo user), refresh tokens, the
+//! device authorization grant and an end-session endpoint (`dev_issuer/flows.rs`). There are no passwords: it
+//! answers only on loopback, for development.
+
+mod flows;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -17,6 +24,8 @@ use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
 use crate::jose::{Algorithm, KeyError, SigningKey, unix_now};
+
+pub use flows::DevClient;
 
 /// A demo user of the development issuer.
 #[derive(Debug, Clone, Copy)]
@@ -52,6 +61,8 @@ struct IssuerState {
     outage: AtomicBool,
     jwks_fetches: AtomicU64,
     token_lifetime: Duration,
+    /// Registered clients and the grants in progress of the sign-in flows.
+    grants: flows::Grants,
 }
 
 /// A running development issuer.
@@ -89,11 +100,13 @@ impl DevIssuer {
             outage: AtomicBool::new(false),
             jwks_fetches: AtomicU64::new(0),
             token_lifetime: Duration::from_secs(3600),
+            grants: flows::Grants::default(),
         });
         let router = Router::new()
             .route("/.well-known/openid-configuration", get(discovery))
             .route("/jwks.json", get(jwks))
             .route("/token", post(token))
+            .merge(flows::routes())
             .with_state(state.clone());
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, router).await;
@@ -166,6 +179,11 @@ impl DevIssuer {
     pub fn jwks_fetches(&self) -> u64 {
         self.state.jwks_fetches.load(Ordering::SeqCst)
     }
+
+    /// Registers (or replaces) a client of the sign-in flows.
+    pub fn register_client(&self, client: DevClient) {
+        self.state.grants.register(client);
+    }
 }
 
 fn user_claims(state: &IssuerState, user: &DemoUser) -> Value {
@@ -191,13 +209,32 @@ fn user_claims(state: &IssuerState, user: &DemoUser) -> Value {
 }
 
 async fn discovery(State(state): State<Arc<IssuerState>>) -> Json<Value> {
+    let at = |path: &str| format!("{}{path}", state.issuer);
     Json(json!({
         "issuer": state.issuer,
-        "jwks_uri": format!("{}/jwks.json", state.issuer),
-        "token_endpoint": format!("{}/token", state.issuer),
-        "grant_types_supported": ["urn:hfgate:demo-user"],
+        "jwks_uri": at("/jwks.json"),
+        "token_endpoint": at("/token"),
+        "authorization_endpoint": at(flows::AUTHORIZE_PATH),
+        "device_authorization_endpoint": at(flows::DEVICE_AUTHORIZATION_PATH),
+        "end_session_endpoint": at(flows::END_SESSION_PATH),
+        "revocation_endpoint": at(flows::REVOKE_PATH),
+        "grant_types_supported": [
+            "authorization_code",
+            "refresh_token",
+            flows::DEVICE_CODE_GRANT,
+            DEMO_USER_GRANT,
+        ],
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        "code_challenge_methods_supported": ["S256"],
+        "token_endpoint_auth_methods_supported": ["none"],
+        "authorization_response_iss_parameter_supported": true,
+        "scopes_supported": ["openid", "email", "profile", "groups", "offline_access"],
+        "claims_supported": [
+            "iss", "sub", "aud", "exp", "iat", "auth_time", "nonce",
+            "email", "email_verified", "groups", "preferred_username",
+        ],
         "id_token_signing_alg_values_supported": ["ES256", "RS256", "EdDSA"],
-        "response_types_supported": [],
         "subject_types_supported": ["public"],
     }))
 }
@@ -214,13 +251,39 @@ async fn jwks(State(state): State<Arc<IssuerState>>) -> Response {
     Json(json!({ "keys": keys })).into_response()
 }
 
-#[derive(Debug, Deserialize)]
+/// The grant of the original token endpoint: `user=<demo user>`, no client, no grant type needed.
+const DEMO_USER_GRANT: &str = "urn:hfgate:demo-user";
+
+/// The token endpoint's form, for every grant it knows.
+#[derive(Debug, Default, Deserialize)]
 struct TokenRequest {
-    user: String,
+    grant_type: Option<String>,
+    /// [`DEMO_USER_GRANT`].
+    user: Option<String>,
+    client_id: Option<String>,
+    /// `authorization_code`.
+    code: Option<String>,
+    redirect_uri: Option<String>,
+    code_verifier: Option<String>,
+    /// `refresh_token`.
+    refresh_token: Option<String>,
+    /// The device grant.
+    device_code: Option<String>,
 }
 
-async fn token(State(state): State<Arc<IssuerState>>, Form(request): Form<TokenRequest>) -> Response {
-    let Some(user) = DEMO_USERS.iter().find(|u| u.name == request.user) else {
+async fn token(
+    State(state): State<Arc<IssuerState>>,
+    headers: http::HeaderMap,
+    Form(mut request): Form<TokenRequest>,
+) -> Response {
+    match request.grant_type.take().as_deref() {
+        None | Some(DEMO_USER_GRANT) => demo_user_token(&state, request.user.as_deref().unwrap_or_default()),
+        Some(grant) => flows::token(&state, grant, &headers, request),
+    }
+}
+
+fn demo_user_token(state: &IssuerState, name: &str) -> Response {
+    let Some(user) = DEMO_USERS.iter().find(|u| u.name == name) else {
         let names: Vec<&str> = DEMO_USERS.iter().map(|u| u.name).collect();
         return (StatusCode::BAD_REQUEST, Json(json!({"error": "invalid_request", "error_description": format!("unknown demo user; use one of {names:?}")}))).into_response();
     };
@@ -228,7 +291,7 @@ async fn token(State(state): State<Arc<IssuerState>>, Form(request): Form<TokenR
         Ok(keys) => keys[0].clone(),
         Err(_) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     };
-    match key.sign_jwt(&json!({"typ": "at+jwt"}), &user_claims(&state, user)) {
+    match key.sign_jwt(&json!({"typ": "at+jwt"}), &user_claims(state, user)) {
         Ok(token) => Json(json!({
             "access_token": token,
             "token_type": "Bearer",

@@ -1,7 +1,8 @@
 //! A mock model endpoint speaking the shapes of text-generation-inference and the OpenAI API:
 //! chat completions (streamed or not, with `usage`), `/generate`, `/generate_stream`, `/embed`,
-//! `/v1/models`, and `/echo` (what the upstream received, for header checks). Streams pause between
-//! chunks so that streaming can be seen, and proven, end to end.
+//! `/v1/models`, `/echo` (what the upstream received, for header checks), and `GET /`, a page saying who
+//! the request came from (for a browser signed in through hfgate). Streams pause between chunks so that
+//! streaming can be seen, and proven, end to end.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -71,6 +72,7 @@ impl MockUpstream {
 pub fn router(chunk_delay: Duration, expect_authorization: Option<String>) -> Router {
     let state = Arc::new(MockState { chunk_delay, expect_authorization });
     Router::new()
+        .route("/", get(root))
         .route("/health", get(|| async { "ok" }))
         .route("/info", get(|| async { Json(json!({"model_id": "hfgate-demo/tiny-chat", "router": "hfgate-mock"})) }))
         .route(
@@ -110,6 +112,48 @@ async fn require_credential(
         }
     }
     next.run(request).await
+}
+
+/// `GET /`: who hfgate says the caller is (`X-Forwarded-*`), as a page for browsers, else as JSON.
+async fn root(headers: http::HeaderMap) -> Response {
+    let forwarded = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let (user, email, groups) =
+        (forwarded("x-forwarded-user"), forwarded("x-forwarded-email"), forwarded("x-forwarded-groups"));
+    if !crate::login::wants_html(&http::Method::GET, &headers) {
+        return Json(json!({
+            "model_id": "hfgate-demo/tiny-chat",
+            "x_forwarded_user": user,
+            "x_forwarded_email": email,
+            "x_forwarded_groups": groups,
+        }))
+        .into_response();
+    }
+    let escape = crate::login::pages::escape;
+    let who = match &user {
+        Some(user) => format!(
+            "<p id=\"who\">You reached the model endpoint as <strong id=\"user\">{}</strong> \
+             (X-Forwarded-User){}{}.</p>\n<p>hfgate checked who you are at the door and called the model with \
+             the organisation's credential: your session cookie never reached it.</p>\n",
+            escape(user),
+            email.as_deref().map(|e| format!(", email {}", escape(e))).unwrap_or_default(),
+            groups.as_deref().map(|g| format!(", groups {}", escape(g))).unwrap_or_default(),
+        ),
+        None => "<p id=\"who\">No X-Forwarded-User: this request did not come through hfgate.</p>\n".to_string(),
+    };
+    let html = format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>hfgate demo model</title>\
+         </head>\n<body>\n<h1>hfgate demo model</h1>\n{who}<ul>\n<li><a href=\"/.hfgate/whoami\">/.hfgate/whoami</a>: \
+         who hfgate says you are, what you may use, and how to get a token for the command line</li>\n\
+         <li><a href=\"/.hfgate/logout\">/.hfgate/logout</a>: sign out</li>\n</ul>\n\
+         <p>The model speaks the text-generation-inference and OpenAI APIs: <code>POST v1/chat/completions</code>, \
+         <code>POST generate</code>, <code>GET info</code>.</p>\n</body></html>\n"
+    );
+    let mut response = Response::new(Body::from(html));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("default-src 'none'"));
+    response
 }
 
 /// A body fed from a channel, so a handler can pace its chunks.
