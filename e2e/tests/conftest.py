@@ -195,53 +195,18 @@ def start_gate(procs: Procs, hfgate_bin: Path, tmp_path: Path) -> GateFactory:
         extra: str = "",
         env: dict[str, str] | None = None,
     ) -> Gate:
-        require_subcommand(hfgate_bin, "serve")
-        for attempt in range(3):
-            port, admin_port = free_port(), free_port()
-            config_path = tmp_path / f"hfgate-{attempt}.toml"
-            audit_path = tmp_path / f"audit-{attempt}.jsonl"
-            config_path.write_text(
-                gate_config(
-                    port=port,
-                    admin_port=admin_port,
-                    audit_path=audit_path,
-                    issuer=issuer,
-                    upstream=upstream_url,
-                    issuer_extra=issuer_extra,
-                    extra=extra,
-                )
-            )
-            full_env = hfgate_env(env)
-            proc = procs.start("hfgate", [hfgate_bin, "serve", "--config", config_path], env=full_env)
-            gate = Gate(
-                url=f"http://127.0.0.1:{port}",
-                admin_url=f"http://127.0.0.1:{admin_port}",
-                config_path=config_path,
+        def render(port: int, admin_port: int, audit_path: Path) -> str:
+            return gate_config(
+                port=port,
+                admin_port=admin_port,
                 audit_path=audit_path,
-                proc=proc,
-                env=full_env,
+                issuer=issuer,
+                upstream=upstream_url,
+                issuer_extra=issuer_extra,
+                extra=extra,
             )
-            deadline = time.monotonic() + 15
-            while time.monotonic() < deadline and proc.alive():
-                if http_status(f"{gate.admin_url}/healthz", timeout=1) == 200:
-                    break
-                time.sleep(0.05)
-            if not proc.alive():
-                if "in use" in proc.stderr().lower():
-                    continue  # a port taken between free_port() and bind
-                pytest.fail(f"hfgate serve exited with status {proc.returncode()} at start")
-            if http_status(f"{gate.admin_url}/healthz", timeout=1) != 200:
-                pytest.fail("hfgate serve: GET /healthz on the admin listener did not answer 200 within 15s")
-            if wait_ready:
-                readyz = f"{gate.admin_url}/readyz"
-                wait_until(
-                    lambda url=readyz: http_status(url, timeout=1) == 200,
-                    "hfgate GET /readyz 200",
-                    timeout=15,
-                    watch=(proc,),
-                )
-            return gate
-        pytest.fail("hfgate serve could not bind its ports in three attempts")
+
+        return serve_gate(procs, hfgate_bin, tmp_path, render, env, wait_ready=wait_ready, name="gate")
 
     return start
 
@@ -313,58 +278,29 @@ def start_login_stack(
     """
 
     def start(rules: str, *, idp_args: tuple[str, ...] = (), login_extra: str = "") -> LoginStack:
-        require_subcommand(hfgate_bin, "serve")
         upstream = start_mock_upstream(procs, hfgate_bin, chunk_delay="20ms", expect_credential=True)
         cookie_key = base64.b64encode(secrets.token_bytes(32)).decode()
-        env = hfgate_env({"HFGATE_CLIENT_SECRET": WEB_CLIENT_SECRET, "HFGATE_COOKIE_KEY": cookie_key})
-        for attempt in range(3):
-            port, admin_port = free_port(), free_port()
-            gate_url = f"http://127.0.0.1:{port}"
+        env = {"HFGATE_CLIENT_SECRET": WEB_CLIENT_SECRET, "HFGATE_COOKIE_KEY": cookie_key}
+        started: list[IdP] = []
+
+        def render(port: int, admin_port: int, audit_path: Path) -> str:
+            # The IdP registers {gate}/.hfgate/callback, so it starts once the gate's port is known.
             idp = IdP(procs, node_bin).start(
-                keyfiles["A"], "key-a", port=0, extra_args=["--hfgate-url", gate_url, *idp_args]
+                keyfiles["A"], "key-a", port=0, extra_args=["--hfgate-url", f"http://127.0.0.1:{port}", *idp_args]
             )
-            config_path = tmp_path / f"hfgate-login-{attempt}.toml"
-            audit_path = tmp_path / f"audit-login-{attempt}.jsonl"
-            config_path.write_text(
-                login_gate_config(
-                    port=port,
-                    admin_port=admin_port,
-                    audit_path=audit_path,
-                    issuer=idp.issuer,
-                    upstream=upstream.url,
-                    rules=rules,
-                    login_extra=login_extra,
-                )
-            )
-            proc = procs.start("hfgate", [hfgate_bin, "serve", "--config", config_path], env=env)
-            gate = Gate(
-                url=gate_url,
-                admin_url=f"http://127.0.0.1:{admin_port}",
-                config_path=config_path,
+            started.append(idp)
+            return login_gate_config(
+                port=port,
+                admin_port=admin_port,
                 audit_path=audit_path,
-                proc=proc,
-                env=env,
+                issuer=idp.issuer,
+                upstream=upstream.url,
+                rules=rules,
+                login_extra=login_extra,
             )
-            deadline = time.monotonic() + 15
-            while time.monotonic() < deadline and proc.alive():
-                if http_status(f"{gate.admin_url}/healthz", timeout=1) == 200:
-                    break
-                time.sleep(0.05)
-            if not proc.alive():
-                if "in use" in proc.stderr().lower():
-                    idp.stop()
-                    continue  # a port taken between free_port() and bind
-                pytest.fail(f"hfgate serve (with [login]) exited with status {proc.returncode()} at start")
-            if http_status(f"{gate.admin_url}/healthz", timeout=1) != 200:
-                pytest.fail("hfgate serve: GET /healthz on the admin listener did not answer 200 within 15s")
-            wait_until(
-                lambda: http_status(f"{gate.admin_url}/readyz", timeout=1) == 200,
-                "hfgate GET /readyz 200",
-                timeout=15,
-                watch=(proc,),
-            )
-            return LoginStack(idp=idp, upstream=upstream, gate=gate, cookie_key=cookie_key)
-        pytest.fail("hfgate serve could not bind its ports in three attempts")
+
+        gate = serve_gate(procs, hfgate_bin, tmp_path, render, env, name="login", on_retry=lambda: started[-1].stop())
+        return LoginStack(idp=started[-1], upstream=upstream, gate=gate, cookie_key=cookie_key)
 
     return start
 

@@ -914,16 +914,21 @@ def serve_gate(
     workdir: Path,
     render: Callable[[int, int, Path], str],
     env: dict[str, str] | None = None,
+    *,
+    wait_ready: bool = True,
+    name: str = "serve",
+    on_retry: Callable[[], None] | None = None,
 ) -> Gate:
-    """`hfgate serve` with the config `render(port, admin_port, audit_path)` returns, ready (/readyz 200).
-
-    For configs that must know the gate's own URL (an audience that is the gate, an IdP redirect URI)."""
+    """`hfgate serve` with the config `render(port, admin_port, audit_path)` returns, answering /healthz and,
+    unless `wait_ready` is false, ready (/readyz 200). The ports are chosen first, so a config can know the
+    gate's own URL (an audience that is the gate, an IdP redirect URI); when another process takes a port
+    before hfgate binds it, `on_retry` undoes what `render` started and the next attempt picks new ports."""
     require_subcommand(binary, "serve")
     full_env = hfgate_env(env)
     for attempt in range(3):
         port, admin_port = free_port(), free_port()
-        config_path = workdir / f"hfgate-serve-{attempt}.toml"
-        audit_path = workdir / f"audit-serve-{attempt}.jsonl"
+        config_path = workdir / f"hfgate-{name}-{attempt}.toml"
+        audit_path = workdir / f"audit-{name}-{attempt}.jsonl"
         config_path.write_text(render(port, admin_port, audit_path))
         proc = procs.start("hfgate", [binary, "serve", "--config", config_path], env=full_env)
         gate = Gate(
@@ -941,15 +946,18 @@ def serve_gate(
             time.sleep(0.05)
         if not proc.alive():
             if "in use" in proc.stderr().lower():
+                if on_retry is not None:
+                    on_retry()
                 continue  # a port taken between free_port() and bind
             pytest.fail(f"hfgate serve exited with status {proc.returncode()} at start:\n{tail(proc.stderr(), 40)}")
         if http_status(f"{gate.admin_url}/healthz", timeout=1) != 200:
             pytest.fail("hfgate serve: GET /healthz on the admin listener did not answer 200 within 15s")
-        wait_until(
-            lambda: http_status(f"{gate.admin_url}/readyz", timeout=1) == 200,
-            "hfgate GET /readyz 200",
-            timeout=15,
-            watch=(proc,),
-        )
+        if wait_ready:
+            wait_until(
+                lambda: http_status(f"{gate.admin_url}/readyz", timeout=1) == 200,
+                "hfgate GET /readyz 200",
+                timeout=15,
+                watch=(proc,),
+            )
         return gate
     pytest.fail("hfgate serve could not bind its ports in three attempts")
