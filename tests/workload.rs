@@ -57,6 +57,24 @@ fn kubernetes(namespace: &str, account: &str) -> Value {
     })
 }
 
+/// An Okta client-credentials token (custom authorization server).
+fn okta_service(scopes: &[&str]) -> Value {
+    let now = unix_now();
+    json!({
+        "ver": 1, "jti": format!("AT.{now}"), "aud": "hfgate", "iat": now, "exp": now + 600,
+        "cid": "0oa1svc", "scp": scopes, "sub": "0oa1svc",
+    })
+}
+
+/// An Auth0 client-credentials token (`sub` is the client id with `@clients`).
+fn auth0_m2m(permissions: &[&str]) -> Value {
+    let now = unix_now();
+    json!({
+        "aud": "hfgate", "iat": now, "exp": now + 600, "azp": "Xy12Ab", "sub": "Xy12Ab@clients",
+        "gty": "client-credentials", "permissions": permissions, "scope": permissions.join(" "),
+    })
+}
+
 /// An Entra ID client-credentials (app) token.
 fn entra_app(roles: &[&str]) -> Value {
     let now = unix_now();
@@ -182,6 +200,8 @@ async fn policies_see_every_claim_of_each_platform() {
     let gitlab_idp = ScriptedIdp::start("127.0.0.2").await;
     let k8s_idp = ScriptedIdp::start("127.0.0.3").await;
     let entra_idp = ScriptedIdp::start("127.0.0.4").await;
+    let okta_idp = ScriptedIdp::start("127.0.0.5").await;
+    let auth0_idp = ScriptedIdp::start("127.0.0.6").await;
     let probe = Probe::start().await;
     let dir = temp_dir("workload-policy");
     let policies = r#"
@@ -198,6 +218,15 @@ permit (principal, action, resource) when {
 permit (principal, action, resource) when {
   principal.hasTag("kubernetes.io.namespace") && principal.getTag("kubernetes.io.namespace") like "ml-*"
 };
+@id("okta-service")
+permit (principal, action, resource) when {
+  principal.hasTag("scp") && principal.getTag("scp") like "*models.read*" && principal.client_id == "0oa1svc"
+};
+@id("auth0-m2m")
+permit (principal, action, resource) when {
+  principal.hasTag("gty") && principal.getTag("gty") == "client-credentials" &&
+  principal.hasTag("permissions") && principal.getTag("permissions") like "*infer:models*"
+};
 @id("entra-deployer")
 permit (principal, action, resource) when {
   principal.hasTag("roles") && principal.getTag("roles") like "*Model.Deploy*"
@@ -209,7 +238,9 @@ permit (principal, action, resource) when {
         issuer_block(&github_idp, "github", "kind = \"workload\""),
         issuer_block(&gitlab_idp, "gitlab", "kind = \"workload\""),
         issuer_block(&k8s_idp, "k8s", ""),
-        issuer_block(&entra_idp, "entra", ""),
+        issuer_block(&entra_idp, "entra", "")
+            + &issuer_block(&okta_idp, "okta", "")
+            + &issuer_block(&auth0_idp, "auth0", ""),
         route_table("api", "/api/", probe.addr(), ""),
         audit = dir.join("audit.jsonl").display(),
         file = dir.join("policies.cedar").display(),
@@ -226,6 +257,10 @@ permit (principal, action, resource) when {
         (sign(&k8s_idp, &kubernetes("default", "runner")), StatusCode::FORBIDDEN, ""),
         (sign(&entra_idp, &entra_app(&["Model.Read", "Model.Deploy"])), StatusCode::OK, "entra-deployer"),
         (sign(&entra_idp, &entra_app(&["Model.Read"])), StatusCode::FORBIDDEN, ""),
+        (sign(&okta_idp, &okta_service(&["models.read"])), StatusCode::OK, "okta-service"),
+        (sign(&okta_idp, &okta_service(&["other"])), StatusCode::FORBIDDEN, ""),
+        (sign(&auth0_idp, &auth0_m2m(&["infer:models"])), StatusCode::OK, "auth0-m2m"),
+        (sign(&auth0_idp, &auth0_m2m(&["read:other"])), StatusCode::FORBIDDEN, ""),
     ];
     for (token, want, policy) in cases {
         let reply = gate.get("/api/echo", Some(&token)).await;

@@ -68,7 +68,10 @@ pub fn identity_from_claims(issuer: &IssuerSettings, claims: &Map<String, Value>
         KindRule::User => IdentityKind::User,
         KindRule::Workload => IdentityKind::Workload,
         KindRule::Auto => {
-            if client_id.as_deref() == Some(subject.as_str()) || subject.starts_with("system:serviceaccount:") {
+            // Client-credentials tokens name the client as the subject (RFC 9068; Auth0 appends `@clients`).
+            let client_subject =
+                client_id.as_deref().is_some_and(|id| subject == id || subject.strip_suffix("@clients") == Some(id));
+            if client_subject || subject.starts_with("system:serviceaccount:") {
                 IdentityKind::Workload
             } else {
                 IdentityKind::User
@@ -267,6 +270,12 @@ pub(crate) mod tests {
         assert!(unverified.headers.email.is_none());
         let bot = identity_from_claims(&issuer(), &claims(serde_json::json!({"sub": "bot", "azp": "bot"})), 0);
         assert_eq!(bot.kind, IdentityKind::Workload);
+        let auth0 = serde_json::json!({"sub": "Xy12@clients", "azp": "Xy12", "gty": "client-credentials"});
+        assert_eq!(identity_from_claims(&issuer(), &claims(auth0), 0).kind, IdentityKind::Workload);
+        let okta = serde_json::json!({"sub": "0oa1", "cid": "0oa1", "scp": ["models.read"]});
+        assert_eq!(identity_from_claims(&issuer(), &claims(okta), 0).kind, IdentityKind::Workload);
+        let person = serde_json::json!({"sub": "alice@clients.example", "azp": "alice"});
+        assert_eq!(identity_from_claims(&issuer(), &claims(person), 0).kind, IdentityKind::User);
         let sa =
             identity_from_claims(&issuer(), &claims(serde_json::json!({"sub": "system:serviceaccount:ml:runner"})), 0);
         assert_eq!(sa.kind, IdentityKind::Workload);
