@@ -323,18 +323,7 @@ fn explain_traces_an_allowed_and_a_refused_request() {
             now + 600
         )
     };
-    let run = |claims: String| {
-        std::fs::write(dir.join("claims.json"), claims).expect("claims");
-        let out = Command::new(BIN)
-            .args(["explain", "--config"])
-            .arg(dir.join("hfgate.toml"))
-            .arg("--claims")
-            .arg(dir.join("claims.json"))
-            .args(["--method", "POST", "--url", "http://gate/llama/v1/chat/completions"])
-            .output()
-            .expect("run");
-        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
-    };
+    let run = |claims: String| explain_claims(&dir, &claims, "http://gate/llama/v1/chat/completions");
     let (code, allowed) = run(claims(r#"["ml-research"]"#));
     assert_eq!(code, Some(0), "{allowed}");
     assert!(allowed.contains("action: infer  model: meta-llama/Llama-3.1-8B-Instruct"), "{allowed}");
@@ -361,16 +350,7 @@ fn explain_applies_the_issuers_claim_conditions_and_policies_see_claims() {
             r#"{{"iss":"https://idp.example.com","sub":"repo:{repository}","aud":"hfgate","exp":{},"repository":"{repository}","workflow":"{workflow}"}}"#,
             now + 300
         );
-        std::fs::write(dir.join("claims.json"), claims).expect("claims");
-        let out = Command::new(BIN)
-            .args(["explain", "--config"])
-            .arg(dir.join("hfgate.toml"))
-            .arg("--claims")
-            .arg(dir.join("claims.json"))
-            .args(["--method", "POST", "--url", "http://gate/llama/generate"])
-            .output()
-            .expect("run");
-        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+        explain_claims(&dir, &claims, "http://gate/llama/generate")
     };
     let (code, allowed) = run("acme/models", "release");
     assert_eq!(code, Some(0), "{allowed}");
@@ -390,4 +370,18 @@ fn explain_applies_the_issuers_claim_conditions_and_policies_see_claims() {
     let (ok, stderr) = check_with_policy(&config, unguarded);
     assert!(!ok);
     assert!(stderr.contains("DIR/policies.cedar:5: policy tags:") && stderr.contains("access to tag"), "{stderr}");
+}
+
+/// `hfgate explain` of a POST to `url` for these claims, with the config in `dir`: exit code and stdout.
+fn explain_claims(dir: &Path, claims: &str, url: &str) -> (Option<i32>, String) {
+    std::fs::write(dir.join("claims.json"), claims).expect("claims");
+    let out = Command::new(BIN)
+        .args(["explain", "--config"])
+        .arg(dir.join("hfgate.toml"))
+        .arg("--claims")
+        .arg(dir.join("claims.json"))
+        .args(["--method", "POST", "--url", url])
+        .output()
+        .expect("run");
+    (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
 }

@@ -129,17 +129,7 @@ impl Idp {
 
     async fn restart(&self) {
         self.stop();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let listener = loop {
-            match tokio::net::TcpListener::bind(self.addr).await {
-                Ok(listener) => break listener,
-                Err(err) => {
-                    assert!(Instant::now() < deadline, "cannot listen on {} again: {err}", self.addr);
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            }
-        };
-        self.listen(listener);
+        self.listen(common::rebind(self.addr).await);
     }
 
     fn issuer(&self) -> &str {

@@ -363,6 +363,19 @@ class Gate:
 GateFactory = Callable[..., Gate]
 
 
+def server_header(port: int, admin_port: int, audit_path: Path) -> str:
+    """The `[server]` and `[audit]` tables every gate config of this tier starts with."""
+    return f"""\
+[server]
+listen = "127.0.0.1:{port}"
+admin_listen = "127.0.0.1:{admin_port}"
+public_url = "http://127.0.0.1:{port}"
+
+[audit]
+path = "{audit_path}"
+"""
+
+
 def gate_config(
     *,
     port: int,
@@ -373,14 +386,7 @@ def gate_config(
     issuer_extra: str = "",
     extra: str = "",
 ) -> str:
-    return f"""\
-[server]
-listen = "127.0.0.1:{port}"
-admin_listen = "127.0.0.1:{admin_port}"
-public_url = "http://127.0.0.1:{port}"
-
-[audit]
-path = "{audit_path}"
+    return server_header(port, admin_port, audit_path) + f"""\
 
 [[issuer]]
 name = "oidc"
@@ -604,14 +610,7 @@ def login_gate_config(
 ) -> str:
     """hfgate with [login] (the IdP's hfgate-web and hfgate-cli clients) and a `tgi` route that redirects
     browsers to sign in. Secrets come from the environment (HFGATE_CLIENT_SECRET, HFGATE_COOKIE_KEY)."""
-    return f"""\
-[server]
-listen = "127.0.0.1:{port}"
-admin_listen = "127.0.0.1:{admin_port}"
-public_url = "http://127.0.0.1:{port}"
-
-[audit]
-path = "{audit_path}"
+    return server_header(port, admin_port, audit_path) + f"""\
 
 [[issuer]]
 name = "corp"

@@ -39,6 +39,7 @@ from support import (
     Procs,
     bearer,
     jwt_parts,
+    server_header,
     start_mock_upstream,
     tail,
     tamper,
@@ -102,14 +103,7 @@ class WorkloadStack:
 
 
 def workload_config(port: int, admin_port: int, audit_path: Path, ci: str, upstream: str, policy: Path) -> str:
-    return f"""\
-[server]
-listen = "127.0.0.1:{port}"
-admin_listen = "127.0.0.1:{admin_port}"
-public_url = "http://127.0.0.1:{port}"
-
-[audit]
-path = "{audit_path}"
+    return server_header(port, admin_port, audit_path) + f"""\
 
 [[issuer]]
 name = "github"

@@ -450,17 +450,7 @@ impl ScriptedIdp {
     /// Listens again on the same address after [`ScriptedIdp::stop`].
     pub async fn restart(&self) {
         self.stop();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let listener = loop {
-            match tokio::net::TcpListener::bind(self.addr).await {
-                Ok(listener) => break listener,
-                Err(err) => {
-                    assert!(Instant::now() < deadline, "cannot listen on {} again: {err}", self.addr);
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            }
-        };
-        self.listen(listener);
+        self.listen(rebind(self.addr).await);
     }
 
     pub fn issuer(&self) -> &str {
@@ -1113,4 +1103,18 @@ pub async fn raw_chunked_upload(
     let response = read_first_response(&mut reader, within).await;
     upload.abort();
     response
+}
+
+/// Listens on `addr` again after a server there stopped, waiting (at most 5 s) for the port to be free.
+pub async fn rebind(addr: SocketAddr) -> tokio::net::TcpListener {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => return listener,
+            Err(err) => {
+                assert!(Instant::now() < deadline, "cannot listen on {addr} again: {err}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
 }

@@ -190,13 +190,9 @@ fn page(status: StatusCode, title: &str, body: &str) -> Response {
          <p><small>hfgate demo issuer: development only, no passwords, loopback only.</small></p>\n</body></html>\n",
         title = escape(title),
     );
-    let mut response = Response::new(Body::from(html));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    headers.insert(
+    let mut response = crate::login::pages::html_response(status, html, &[]);
+    // Its forms answer with a redirect to the client, on another origin: no `form-action 'self'` here.
+    response.headers_mut().insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
     );
