@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use hfgate::assertion::AssertionSigner;
-use hfgate::authn::{Authenticator, Identity, token_digest};
+use hfgate::authn::{Authenticator, Identity};
 use hfgate::authz::{Authorizer, Question};
 use hfgate::classify::{self, Action, Classified};
 use hfgate::config::{ApiKind, Settings};
@@ -88,13 +88,13 @@ const OPERATIONS: &[Operation] = &[
         name: "decide_cached",
         iterations: 5000,
         run: measure_decide_cached,
-        what: "decision-cache hit (5 rules): same token, route, action and model",
+        what: "decision-cache hit (5 rules): same caller, route, action and model",
     },
     Operation {
         name: "decide_uncached_5_rules",
         iterations: 500,
         run: measure_decide_uncached_5_rules,
-        what: "decision for a new token digest each time: cache miss, Cedar evaluation, insert (5 rules)",
+        what: "decision for a caller the cache has not seen (another group set): Cedar evaluation, insert (5 rules)",
     },
     Operation {
         name: "decide_uncached_500_rules",
@@ -120,9 +120,11 @@ struct Fixture {
     fresh_rs256: Vec<String>,
     fresh_es256: Vec<String>,
     identity: Arc<Identity>,
-    digest: [u8; 32],
-    /// Digests no decision or assertion was cached for, one per iteration.
+    /// Digests no assertion was cached for, one per iteration.
     new_digests: Vec<[u8; 32]>,
+    /// The benchmark caller, each with one more group the policies never name: decisions are cached per
+    /// caller as the policies see it (kind, issuer, groups), so each of these is a decision-cache miss.
+    new_callers: Vec<Identity>,
     authz5: Authorizer,
     authz500: Authorizer,
     route: Arc<Route>,
@@ -197,23 +199,21 @@ fn measure_classify_tgi_path(_: &Fixture, n: usize) {
 fn measure_decide_cached(f: &Fixture, n: usize) {
     let question = f.question();
     for _ in 0..n {
-        black_box(f.authz5.decide(black_box(f.digest), &question));
+        black_box(f.authz5.decide(black_box(&question)));
     }
 }
 
 #[inline(never)]
 fn measure_decide_uncached_5_rules(f: &Fixture, n: usize) {
-    let question = f.question();
-    for digest in &f.new_digests[..n] {
-        black_box(f.authz5.decide(black_box(*digest), &question));
+    for caller in &f.new_callers[..n] {
+        black_box(f.authz5.decide(black_box(&f.question_of(caller))));
     }
 }
 
 #[inline(never)]
 fn measure_decide_uncached_500_rules(f: &Fixture, n: usize) {
-    let question = f.question();
-    for digest in &f.new_digests[..n] {
-        black_box(f.authz500.decide(black_box(*digest), &question));
+    for caller in &f.new_callers[..n] {
+        black_box(f.authz500.decide(black_box(&f.question_of(caller))));
     }
 }
 
@@ -229,13 +229,12 @@ fn measure_assertion_first_seen(f: &Fixture, n: usize) {
 impl Fixture {
     /// The benchmark's request: GET / on the generic route `bench`, which group `bench` may read.
     fn question(&self) -> Question<'_> {
-        Question {
-            identity: &self.identity,
-            route: &self.route,
-            method: "GET",
-            path: "/",
-            classified: &self.classified,
-        }
+        self.question_of(&self.identity)
+    }
+
+    /// The same request from another caller.
+    fn question_of<'f>(&'f self, identity: &'f Identity) -> Question<'f> {
+        Question { identity, route: &self.route, method: "GET", path: "/", classified: &self.classified }
     }
 }
 
@@ -374,6 +373,13 @@ fn fixture(runtime: &tokio::runtime::Runtime) -> anyhow::Result<Fixture> {
             digest
         })
         .collect();
+    let new_callers = (0..OPERATIONS.iter().map(|o| o.iterations).max().unwrap_or(0) + 3)
+        .map(|n| {
+            let claims = json!({"sub": "bench-user", "groups": ["bench", format!("bench-extra-{n}")]});
+            let claims = claims.as_object().cloned().unwrap_or_default();
+            hfgate::authn::claims::identity_from_claims(&settings5.issuers[0], &claims, identity.expires_at)
+        })
+        .collect();
     let openai_body = serde_json::to_vec(&json!({
         "model": "meta-llama/Llama-3.1-8B-Instruct",
         "messages": [
@@ -386,13 +392,13 @@ fn fixture(runtime: &tokio::runtime::Runtime) -> anyhow::Result<Fixture> {
     }))?;
     let signer = AssertionSigner::new(None, "http://127.0.0.1", Duration::from_secs(300)).context("assertion key")?;
     Ok(Fixture {
-        digest: token_digest(&rs256),
         authn,
         rs256,
         fresh_rs256,
         fresh_es256,
         identity,
         new_digests,
+        new_callers,
         authz5: authorizer(&settings5)?,
         authz500: authorizer(&settings500)?,
         route,
@@ -433,11 +439,11 @@ fn check(f: &Fixture) -> anyhow::Result<()> {
     let question = f.question();
     for (authz, rules) in [(&f.authz5, 5), (&f.authz500, 500)] {
         ensure!(authz.enabled(), "{rules} rules: no policy is configured");
-        let verdict = authz.decide(f.digest, &question);
+        let verdict = authz.decide(&question);
         ensure!(verdict.allow, "{rules} rules refuse the benchmark request: {}", verdict.reason);
-        // A spare digest past the measured ones: the uncached path decides the same.
-        let spare = f.new_digests[f.new_digests.len() - 1];
-        let verdict = authz.decide(spare, &question);
+        // A spare caller past the measured ones: the uncached path decides the same.
+        let spare = &f.new_callers[f.new_callers.len() - 1];
+        let verdict = authz.decide(&f.question_of(spare));
         ensure!(verdict.allow, "{rules} rules refuse the benchmark request uncached: {}", verdict.reason);
     }
     let spare = f.new_digests[f.new_digests.len() - 2];

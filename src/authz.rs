@@ -1,11 +1,20 @@
 //! Authorization: one Cedar policy set decides who may do which action on which model. Shorthand
 //! `[[allow]]`/`[[deny]]` rules compile to Cedar `permit`/`forbid`, so there is one semantics; a
 //! `[authz] policy_file` adds policies in the full language. Each route evaluates only the policies that
-//! can apply to it, and decisions are cached per (token, route, action, model).
+//! can apply to it.
+//!
+//! Decisions are cached, keyed by exactly what the policies can read (see `PolicyReads`): the route,
+//! action, resource (model or billed organisation) and, for the caller, its kind, issuer and groups, plus
+//! the subject, email, client id, claim tags, method and path only when some policy reads them. So
+//! callers the policies cannot tell apart share one decision (thousands of users in the same groups pay
+//! one Cedar evaluation), and two requests whose answers could differ never do. The analysis is static
+//! and conservative: any construct it does not recognise puts every input in the key, and a policy that
+//! may read `context.time` (or the whole context) disables the cache.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use cedar_policy::{
@@ -14,9 +23,10 @@ use cedar_policy::{
 };
 use miette::Diagnostic;
 use moka::sync::Cache;
+use serde_json::Value;
 
 use crate::authn::{Identity, IdentityKind};
-use crate::classify::{Action, Classified};
+use crate::classify::{Action, Classified, ModelRef};
 use crate::config::{ConfigIssue, RuleEffect, RuleSettings, Settings};
 use crate::route::Route;
 
@@ -46,13 +56,296 @@ pub struct Question<'a> {
     pub classified: &'a Classified,
 }
 
+/// Everything a decision depends on, as far as the configured policies can tell (see [`PolicyReads`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct CacheKey {
-    token: [u8; 32],
+    /// The caller's digest ([`caller_digest`]).
+    caller: [u8; 32],
     route: usize,
     action: &'static str,
-    model: Option<crate::classify::ModelRef>,
+    model: Option<ModelRef>,
     org: Option<String>,
+    /// Present only when a policy reads it.
+    method: Option<Box<str>>,
+    path: Option<Box<str>>,
+}
+
+/// The inputs of a Cedar request that some configured policy may read, beyond those always in the cache
+/// key: the caller's kind, issuer and groups, the route, the action and the resource. Found once, by a
+/// conservative walk of every policy's JSON form (EST): what it does not recognise sets every flag.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct PolicyReads {
+    subject: bool,
+    email: bool,
+    client_id: bool,
+    tags: bool,
+    method: bool,
+    path: bool,
+    /// `context.time`, or the whole context: no decision may be cached.
+    uncacheable: bool,
+}
+
+/// Entity types a literal may name anywhere: their data is a function of the key (groups have no
+/// attributes or parents and exist exactly for the caller's groups; actions, models, routes and
+/// organisations are the request's own). A user or workload literal may be the principal itself.
+const KEYED_ENTITY_TYPES: [&str; 5] =
+    ["Hfgate::Group", "Hfgate::Action", "Hfgate::Model", "Hfgate::Route", "Hfgate::Org"];
+
+/// EST operators whose operands are expressions (in `left`, `right`, `arg`, `if`, `then`, `else`, `in`).
+#[rustfmt::skip]
+const OPERATORS: [&str; 25] = [
+    "!", "neg", "==", "!=", "in", "<", "<=", ">", ">=", "&&", "||", "+", "-", "*", "contains", "containsAll",
+    "containsAny", "isEmpty", "getTag", "hasTag", ".", "has", "like", "is", "if-then-else",
+];
+
+impl PolicyReads {
+    fn of(policy: &cedar_policy::Policy) -> PolicyReads {
+        let mut reads = PolicyReads::default();
+        match policy.to_json() {
+            Ok(json) => reads.policy(&json),
+            Err(_) => reads.unknown(),
+        }
+        reads
+    }
+
+    fn union(self, other: PolicyReads) -> PolicyReads {
+        PolicyReads {
+            subject: self.subject || other.subject,
+            email: self.email || other.email,
+            client_id: self.client_id || other.client_id,
+            tags: self.tags || other.tags,
+            method: self.method || other.method,
+            path: self.path || other.path,
+            uncacheable: self.uncacheable || other.uncacheable,
+        }
+    }
+
+    /// Stored with an identity's digest, which is only valid for the flags it was computed with.
+    fn bits(self) -> u8 {
+        [self.subject, self.email, self.client_id, self.tags, self.method, self.path, self.uncacheable]
+            .iter()
+            .enumerate()
+            .fold(0, |bits, (n, &on)| bits | (u8::from(on) << n))
+    }
+
+    /// The key then determines the whole Cedar request except `context.time`.
+    fn everything(&mut self) {
+        let uncacheable = self.uncacheable;
+        *self = PolicyReads {
+            subject: true,
+            email: true,
+            client_id: true,
+            tags: true,
+            method: true,
+            path: true,
+            uncacheable,
+        };
+    }
+
+    /// A shape this analysis does not know: it could read anything, the time included.
+    fn unknown(&mut self) {
+        self.everything();
+        self.uncacheable = true;
+    }
+
+    fn policy(&mut self, json: &Value) {
+        // The action and the resource are determined by the key; only a template slot is not.
+        for scope in ["action", "resource"] {
+            if json.get(scope).is_none_or(|s| has_key(s, "slot")) {
+                self.unknown();
+            }
+        }
+        match json.get("principal") {
+            Some(scope) => self.principal_scope(scope),
+            None => self.unknown(),
+        }
+        match json.get("conditions").and_then(Value::as_array) {
+            Some(conditions) => {
+                for condition in conditions {
+                    match condition.get("body") {
+                        Some(body) => self.expr(body),
+                        None => self.unknown(),
+                    }
+                }
+            }
+            None => self.unknown(),
+        }
+    }
+
+    fn principal_scope(&mut self, scope: &Value) {
+        let group = |v: Option<&Value>| v.and_then(|v| v.get("entity")).is_some_and(is_group_uid);
+        match scope.get("op").and_then(Value::as_str) {
+            Some("All") => {}
+            Some("==") if scope.get("entity").is_some() => self.subject = true,
+            Some("in") if group(Some(scope)) => {}
+            Some("is") if scope.get("in").is_none() || group(scope.get("in")) => {}
+            _ => self.everything(),
+        }
+    }
+
+    fn expr(&mut self, expr: &Value) {
+        let Some((op, arg)) = expr.as_object().filter(|o| o.len() == 1).and_then(|o| o.iter().next()) else {
+            return self.unknown();
+        };
+        let left = arg.get("left");
+        let principal = var(left) == Some("principal");
+        match (op.as_str(), arg) {
+            ("Var", Value::String(name)) => match name.as_str() {
+                "principal" => self.everything(),
+                "context" => self.unknown(), // the whole context holds the time
+                _ => {}                      // action and resource are keyed
+            },
+            ("Var", _) => self.unknown(),
+            ("Value", value) => self.literal(value),
+            ("Set", Value::Array(items)) => items.iter().for_each(|item| self.expr(item)),
+            ("Record", Value::Object(fields)) => fields.values().for_each(|field| self.expr(field)),
+            ("." | "has", _) if matches!(var(left), Some("principal" | "context")) => {
+                // `has` may name a path (`principal has a.b`): its first step is what is read.
+                let attr = match arg.get("attr") {
+                    Some(Value::Array(path)) => path.first().and_then(Value::as_str),
+                    other => other.and_then(Value::as_str),
+                };
+                match (principal, attr) {
+                    (true, Some("subject")) => self.subject = true,
+                    (true, Some("email")) => self.email = true,
+                    (true, Some("client_id")) => self.client_id = true,
+                    (true, Some("issuer")) | (false, Some("route" | "issuer")) => {}
+                    (false, Some("method")) => self.method = true,
+                    (false, Some("path")) => self.path = true,
+                    (false, Some("time")) => self.uncacheable = true,
+                    (false, None) => self.unknown(),
+                    _ => self.everything(),
+                }
+            }
+            ("getTag" | "hasTag", _) if principal => {
+                self.tags = true;
+                self.operand(arg.get("right"));
+            }
+            ("in", _) if principal => {
+                if !arg.get("right").is_some_and(is_groups) {
+                    self.everything();
+                }
+            }
+            ("is", _) if principal => {
+                if arg.get("in").is_some_and(|set| !is_groups(set)) {
+                    self.everything();
+                }
+            }
+            ("==" | "!=", _)
+                if [(left, arg.get("right")), (arg.get("right"), left)].iter().any(|(a, b)| {
+                    var(*a) == Some("principal")
+                        && b.and_then(|b| b.get("Value")).and_then(|v| v.get("__entity")).is_some()
+                }) =>
+            {
+                self.subject = true;
+            }
+            (op, Value::Object(operands)) if OPERATORS.contains(&op) => {
+                for (name, operand) in operands {
+                    if !matches!(name.as_str(), "attr" | "pattern" | "entity_type") {
+                        self.expr(operand);
+                    }
+                }
+            }
+            // An extension function or method call (`ip(..)`, `.isLoopback()`): its arguments.
+            (_, Value::Array(args)) => args.iter().for_each(|a| self.expr(a)),
+            _ => self.unknown(),
+        }
+    }
+
+    fn operand(&mut self, operand: Option<&Value>) {
+        match operand {
+            Some(operand) => self.expr(operand),
+            None => self.unknown(),
+        }
+    }
+
+    /// A literal value: an entity in it that could be the principal reads the principal.
+    fn literal(&mut self, value: &Value) {
+        match value {
+            Value::Object(fields) => match fields.get("__entity") {
+                Some(uid) => {
+                    if !uid.get("type").and_then(Value::as_str).is_some_and(|t| KEYED_ENTITY_TYPES.contains(&t)) {
+                        self.everything();
+                    }
+                }
+                None => fields.values().for_each(|v| self.literal(v)),
+            },
+            Value::Array(items) => items.iter().for_each(|v| self.literal(v)),
+            _ => {}
+        }
+    }
+}
+
+fn var(expr: Option<&Value>) -> Option<&str> {
+    expr?.get("Var")?.as_str()
+}
+
+fn has_key(json: &Value, key: &str) -> bool {
+    match json {
+        Value::Object(fields) => fields.iter().any(|(k, v)| k == key || has_key(v, key)),
+        Value::Array(items) => items.iter().any(|v| has_key(v, key)),
+        _ => false,
+    }
+}
+
+fn is_group_uid(uid: &Value) -> bool {
+    uid.get("type").and_then(Value::as_str) == Some("Hfgate::Group")
+}
+
+/// A group literal or a set of them: `principal in` it asks only about the caller's groups.
+fn is_groups(expr: &Value) -> bool {
+    let literal = |v: &Value| v.get("__entity").is_some_and(is_group_uid);
+    match (expr.get("Value"), expr.get("Set")) {
+        (Some(Value::Array(items)), None) => items.iter().all(literal),
+        (Some(value), None) => literal(value),
+        (None, Some(Value::Array(items))) => items.iter().all(|item| item.get("Value").is_some_and(literal)),
+        _ => false,
+    }
+}
+
+/// The caller as the policies see it: kind, issuer and groups always, the rest only when read. Fields are
+/// length-prefixed, so different callers cannot encode alike.
+fn caller_digest(reads: PolicyReads, identity: &Identity) -> [u8; 32] {
+    let mut context = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    let mut field = |bytes: &[u8]| {
+        context.update(&(bytes.len() as u64).to_le_bytes());
+        context.update(bytes);
+    };
+    field(&[reads.bits()]);
+    field(match identity.kind {
+        IdentityKind::User => b"user",
+        IdentityKind::Workload => b"workload",
+    });
+    field(identity.issuer.as_bytes());
+    // Cedar sees the groups as a set of parents.
+    let groups: BTreeSet<&str> = identity.groups.iter().map(String::as_str).collect();
+    field(&(groups.len() as u64).to_le_bytes());
+    groups.iter().for_each(|g| field(g.as_bytes()));
+    // Absent claims are empty strings to the policies.
+    for (read, value) in [
+        (reads.subject, Some(identity.subject.as_str())),
+        (reads.email, identity.email.as_deref()),
+        (reads.client_id, identity.client_id.as_deref()),
+    ] {
+        if read {
+            field(value.unwrap_or_default().as_bytes());
+        }
+    }
+    if reads.tags {
+        // As Cedar builds them: a repeated name keeps its last value.
+        let mut tags = BTreeMap::new();
+        for (name, value) in &identity.tags {
+            tags.insert(name.as_str(), value.as_str());
+        }
+        field(&(tags.len() as u64).to_le_bytes());
+        for (name, value) in tags {
+            field(name.as_bytes());
+            field(value.as_bytes());
+        }
+    }
+    let mut digest = [0; 32];
+    digest.copy_from_slice(context.finish().as_ref());
+    digest
 }
 
 pub struct Authorizer {
@@ -65,8 +358,12 @@ pub struct Authorizer {
     /// Per route, the answer when no policy is configured (built once, shared by every request).
     unconfigured: Vec<Arc<Verdict>>,
     policy_hash: Arc<str>,
+    /// What the policies read: which parts of a question go into the cache key.
+    reads: PolicyReads,
     cache: Option<Cache<CacheKey, Arc<Verdict>>>,
     engine: CedarAuthorizer,
+    /// Cedar evaluations so far (tests observe cache sharing with it).
+    evaluations: AtomicU64,
 }
 
 impl std::fmt::Debug for Authorizer {
@@ -309,8 +606,13 @@ impl Authorizer {
         }
 
         let enabled = !authz.rules.is_empty() || authz.policy_file.is_some();
-        let time_dependent = hash_input.contains("context.time");
-        let cache = (authz.decision_cache && !time_dependent)
+        // Exactly the policies that are evaluated.
+        let reads = per_route
+            .iter()
+            .flat_map(PolicySet::policies)
+            .map(PolicyReads::of)
+            .fold(PolicyReads::default(), PolicyReads::union);
+        let cache = (authz.decision_cache && !reads.uncacheable)
             .then(|| Cache::builder().max_capacity(100_000).time_to_live(Duration::from_secs(60)).build());
         let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, hash_input.as_bytes());
         let policy_hash: String = digest.as_ref()[..16].iter().map(|b| format!("{b:02x}")).collect();
@@ -334,8 +636,10 @@ impl Authorizer {
             bill_to_rules,
             route_bill_to: route_bill,
             policy_hash: format!("sha256:{policy_hash}").into(),
+            reads,
             cache,
             engine: CedarAuthorizer::new(),
+            evaluations: AtomicU64::new(0),
         })
     }
 
@@ -349,26 +653,24 @@ impl Authorizer {
         &self.policy_hash
     }
 
+    /// How many times Cedar evaluated a question (decisions not answered by the cache).
+    #[doc(hidden)]
+    pub fn evaluations(&self) -> u64 {
+        self.evaluations.load(Ordering::Relaxed)
+    }
+
     /// May this caller do the classified action on this route?
-    pub fn decide(&self, token: [u8; 32], question: &Question<'_>) -> Arc<Verdict> {
-        let action = question.classified.action;
+    pub fn decide(&self, question: &Question<'_>) -> Arc<Verdict> {
         if !self.enabled
             && let Some(verdict) = self.unconfigured.get(question.route.index)
         {
             return verdict.clone();
         }
-        let key = CacheKey {
-            token,
-            route: question.route.index,
-            action: action.name(),
-            model: question.classified.model.clone(),
-            org: None,
-        };
-        self.cached(key, || self.evaluate(question, action.name(), None))
+        self.cached(question, question.classified.action.name(), None)
     }
 
     /// May this caller bill `org` (a client-sent `X-HF-Bill-To`)?
-    pub fn may_bill(&self, token: [u8; 32], question: &Question<'_>, org: &str) -> Arc<Verdict> {
+    pub fn may_bill(&self, question: &Question<'_>, org: &str) -> Arc<Verdict> {
         if !self.enabled {
             return Arc::new(Verdict {
                 allow: false,
@@ -377,26 +679,43 @@ impl Authorizer {
                 bill_to: None,
             });
         }
-        let key =
-            CacheKey { token, route: question.route.index, action: "bill", model: None, org: Some(org.to_string()) };
-        self.cached(key, || self.evaluate(question, "bill", Some(org)))
+        self.cached(question, "bill", Some(org))
     }
 
-    fn cached(&self, key: CacheKey, evaluate: impl FnOnce() -> Verdict) -> Arc<Verdict> {
-        match &self.cache {
-            Some(cache) => {
-                if let Some(hit) = cache.get(&key) {
-                    return hit;
-                }
-                let verdict = Arc::new(evaluate());
-                cache.insert(key, verdict.clone());
-                verdict
-            }
-            None => Arc::new(evaluate()),
+    fn cached(&self, question: &Question<'_>, action: &'static str, org: Option<&str>) -> Arc<Verdict> {
+        let Some(cache) = &self.cache else {
+            return Arc::new(self.evaluate(question, action, org));
+        };
+        let key = CacheKey {
+            caller: self.caller(question.identity),
+            route: question.route.index,
+            action,
+            // Billing asks about the organisation, whatever the model.
+            model: if org.is_none() { question.classified.model.clone() } else { None },
+            org: org.map(str::to_string),
+            method: self.reads.method.then(|| question.method.into()),
+            path: self.reads.path.then(|| question.path.into()),
+        };
+        if let Some(hit) = cache.get(&key) {
+            return hit;
+        }
+        let verdict = Arc::new(self.evaluate(question, action, org));
+        cache.insert(key, verdict.clone());
+        verdict
+    }
+
+    /// The caller's digest under this policy set, computed once per identity. An identity shared with
+    /// another policy set (across a reload) that reads other fields gets its own, not stored.
+    fn caller(&self, identity: &Identity) -> [u8; 32] {
+        let bits = self.reads.bits();
+        match identity.policy_key.get_or_init(|| (bits, caller_digest(self.reads, identity))) {
+            (stored, digest) if *stored == bits => *digest,
+            _ => caller_digest(self.reads, identity),
         }
     }
 
     fn evaluate(&self, question: &Question<'_>, action: &str, org: Option<&str>) -> Verdict {
+        self.evaluations.fetch_add(1, Ordering::Relaxed);
         let target = match (org, &question.classified.model) {
             (Some(org), _) => format!("billing {}", crate::authn::printable(org)),
             (None, Some(model)) => format!("{action} on {}", model.id),
@@ -584,5 +903,191 @@ groups = ["ml"]
                 }
             }
         }
+    }
+
+    fn reads_of(text: &str) -> PolicyReads {
+        let policies = parse_policies(text, "t").expect("policies parse");
+        assert!(!policies.is_empty());
+        policies.iter().map(PolicyReads::of).fold(PolicyReads::default(), PolicyReads::union)
+    }
+
+    fn reads_of_rules(rules: &str) -> PolicyReads {
+        let text = format!(
+            r#"
+[[issuer]]
+name = "corp"
+issuer = "https://idp.example"
+audiences = ["hfgate"]
+
+[[route]]
+name = "llm"
+path = "/llm/"
+upstream = "http://127.0.0.1:9"
+api = "router"
+bill_to = "acme"
+{rules}"#
+        );
+        let settings = crate::config::parse(std::path::Path::new("t.toml"), &text).expect("config");
+        Authorizer::new(&settings).expect("policies").reads
+    }
+
+    const NOTHING: PolicyReads = PolicyReads {
+        subject: false,
+        email: false,
+        client_id: false,
+        tags: false,
+        method: false,
+        path: false,
+        uncacheable: false,
+    };
+    const EVERYTHING: PolicyReads = PolicyReads {
+        subject: true,
+        email: true,
+        client_id: true,
+        tags: true,
+        method: true,
+        path: true,
+        uncacheable: false,
+    };
+
+    #[test]
+    fn shorthand_rules_on_groups_routes_models_and_actions_read_no_caller_field() {
+        let rules = r#"
+[[allow]]
+groups = ["ml", "ops"]
+routes = ["llm"]
+models = ["meta-llama/*"]
+actions = ["infer", "list"]
+issuers = ["corp"]
+bill_to = "ml-org"
+
+[[deny]]
+groups = ["interns"]
+datasets = ["private/*"]
+"#;
+        assert_eq!(reads_of_rules(rules), NOTHING);
+        let users = reads_of_rules("[[deny]]\nusers = [\"alice\"]\n");
+        assert_eq!(users, PolicyReads { subject: true, email: true, ..NOTHING });
+    }
+
+    #[test]
+    fn policy_file_reads_are_found() {
+        let cases = [
+            (
+                r#"forbid(principal, action, resource) when { context.path like "*/admin*" };"#,
+                PolicyReads { path: true, ..NOTHING },
+            ),
+            (
+                r#"permit(principal, action, resource) when { context.method == "POST" };"#,
+                PolicyReads { method: true, ..NOTHING },
+            ),
+            (
+                r#"permit(principal, action, resource) when { context has method };"#,
+                PolicyReads { method: true, ..NOTHING },
+            ),
+            (
+                r#"permit(principal, action, resource) when { principal.hasTag("x") && principal.getTag("x") like "acme/*" };"#,
+                PolicyReads { tags: true, ..NOTHING },
+            ),
+            (
+                r#"permit(principal == Hfgate::User::"alice", action, resource);"#,
+                PolicyReads { subject: true, ..NOTHING },
+            ),
+            (
+                r#"permit(principal, action, resource) when { principal == Hfgate::User::"alice" };"#,
+                PolicyReads { subject: true, ..NOTHING },
+            ),
+            (
+                r#"permit(principal, action, resource) when { Hfgate::Workload::"bot" != principal };"#,
+                PolicyReads { subject: true, ..NOTHING },
+            ),
+            (
+                r#"permit(principal, action, resource) when { principal.client_id == "bot" };"#,
+                PolicyReads { client_id: true, ..NOTHING },
+            ),
+            (
+                r#"permit(principal is Hfgate::User in Hfgate::Group::"ml", action == Hfgate::Action::"infer", resource is Hfgate::Model)
+                   when { principal in [Hfgate::Group::"a", Hfgate::Group::"b"] && principal is Hfgate::Workload in Hfgate::Group::"c"
+                          && principal.issuer == "corp" && context.issuer == "corp" && context.route == "llm"
+                          && resource.id like "acme/*" && ip("10.0.0.1").isLoopback() && Hfgate::Group::"a" != Hfgate::Group::"b" };"#,
+                NOTHING,
+            ),
+            // A user literal may be the principal: reading it reads the principal.
+            (r#"permit(principal, action, resource) when { Hfgate::User::"alice".email == "a@x" };"#, EVERYTHING),
+            (
+                r#"permit(principal, action, resource) when { [Hfgate::User::"alice"].contains(Hfgate::User::"bob") };"#,
+                EVERYTHING,
+            ),
+            (r#"permit(principal in Hfgate::User::"alice", action, resource);"#, EVERYTHING),
+            (r#"permit(principal, action, resource) when { principal in Hfgate::User::"alice" };"#, EVERYTHING),
+            (
+                r#"permit(principal, action, resource) when { [principal].contains(Hfgate::User::"alice") };"#,
+                EVERYTHING,
+            ),
+            (r#"permit(principal, action, resource) when { {"Var": principal}.Var == resource };"#, EVERYTHING),
+            (r#"permit(principal, action, resource) when { principal has nickname };"#, EVERYTHING),
+            (
+                r#"permit(principal, action, resource) when { principal.email like "*@acme.example" };"#,
+                PolicyReads { email: true, ..NOTHING },
+            ),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(reads_of(text), expected, "{text}");
+        }
+    }
+
+    #[test]
+    fn anything_that_may_read_the_time_disables_the_cache() {
+        for text in [
+            r#"permit(principal, action, resource) when { context.time < 1 };"#,
+            r#"permit(principal, action, resource) when { context["time"] < 1 };"#,
+            r#"permit(principal, action, resource) when { context has time };"#,
+            r#"permit(principal, action, resource) when { context == context };"#,
+            r#"permit(principal, action, resource) when { [context].isEmpty() };"#,
+        ] {
+            assert!(reads_of(text).uncacheable, "{text}");
+        }
+        assert!(!reads_of(r#"permit(principal, action, resource) when { context.path == "/time" };"#).uncacheable);
+        let everything = reads_of(r#"permit(principal, action, resource) when { context == context };"#);
+        assert_eq!(everything, PolicyReads { uncacheable: true, ..EVERYTHING });
+    }
+
+    /// Cedar keeps the last of repeated tag names; the caller digest must see the tags the same way.
+    #[test]
+    fn the_caller_digest_sees_tags_as_cedar_does() {
+        let tagged = |tags: &[(&str, &str)]| {
+            let claims = serde_json::json!({"sub": "alice", "groups": ["ml", "ml"]});
+            let mut identity =
+                identity_from_claims(&crate::authn::claims::tests::issuer(), claims.as_object().expect("object"), 0);
+            identity.tags = tags.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
+            identity
+        };
+        let reads = PolicyReads { tags: true, ..NOTHING };
+        let digest = |tags: &[(&str, &str)]| caller_digest(reads, &tagged(tags));
+        assert_eq!(digest(&[("a", "1"), ("b", "2")]), digest(&[("b", "2"), ("a", "1")]));
+        assert_eq!(digest(&[("a", "x"), ("a", "2")]), digest(&[("a", "2")]));
+        assert_ne!(digest(&[("a", "1"), ("a", "2")]), digest(&[("a", "2"), ("a", "1")]));
+        assert_ne!(digest(&[("ab", "c")]), digest(&[("a", "bc")]));
+        let entity = Entity::new_with_tags(
+            EntityUid::from_type_name_and_id(
+                EntityTypeName::from_str("Hfgate::User").expect("type"),
+                EntityId::new("a"),
+            ),
+            HashMap::new(),
+            HashSet::new(),
+            [("a", "1"), ("a", "2")].map(|(n, v)| (n.to_string(), RestrictedExpression::new_string(v.to_string()))),
+        )
+        .expect("entity");
+        assert_eq!(entity.tag("a").and_then(Result::ok), Some(cedar_policy::EvalResult::String("2".into())));
+        // Groups are a set to Cedar: repeats and order do not matter.
+        let mut other = tagged(&[]);
+        other.groups = vec!["ml".into()];
+        assert_eq!(caller_digest(NOTHING, &tagged(&[])), caller_digest(NOTHING, &other));
+        other.subject = "bob".into();
+        assert_eq!(caller_digest(NOTHING, &tagged(&[])), caller_digest(NOTHING, &other));
+        assert_ne!(
+            caller_digest(PolicyReads { subject: true, ..NOTHING }, &tagged(&[])),
+            caller_digest(PolicyReads { subject: true, ..NOTHING }, &other)
+        );
     }
 }

@@ -54,13 +54,12 @@ pub async fn explain(settings: &Settings, authz: &Authorizer, request: ExplainRe
     let authn = Authenticator::new(&settings.issuers, client, Arc::new(Metrics::new()));
 
     let _ = writeln!(out, "authentication");
-    let (identity, digest) = match &request.caller {
+    let identity = match &request.caller {
         // An opaque token (or a Hugging Face OAuth token) is checked by its issuer, not by a signature.
         Caller::Token(token)
             if !crate::authn::introspect::looks_like_jwt(token)
                 || token.starts_with(crate::authn::introspect::HUGGING_FACE_OAUTH_PREFIX) =>
         {
-            let digest = crate::authn::token_digest(token);
             match authn.authenticate(token).await {
                 Ok(identity) => {
                     let _ = writeln!(
@@ -68,7 +67,7 @@ pub async fn explain(settings: &Settings, authz: &Authorizer, request: ExplainRe
                         "  ok    opaque token: active at issuer {} (introspection or userinfo)",
                         identity.issuer
                     );
-                    (identity, digest)
+                    identity
                 }
                 Err(err) => {
                     let _ = writeln!(out, "  FAIL  opaque token: {err}\n\nresult: {} ({err})", err.status().as_u16());
@@ -77,7 +76,6 @@ pub async fn explain(settings: &Settings, authz: &Authorizer, request: ExplainRe
             }
         }
         Caller::Token(token) => {
-            let digest = crate::authn::token_digest(token);
             let result =
                 if token.starts_with("hf_") { Err(AuthError::HuggingFaceToken) } else { authn.verify(token).await };
             match result {
@@ -85,7 +83,7 @@ pub async fn explain(settings: &Settings, authz: &Authorizer, request: ExplainRe
                     for (step, _) in STEPS {
                         let _ = writeln!(out, "  ok    {step}");
                     }
-                    (Arc::new(identity), digest)
+                    Arc::new(identity)
                 }
                 Err(err) => {
                     let failed =
@@ -111,7 +109,7 @@ pub async fn explain(settings: &Settings, authz: &Authorizer, request: ExplainRe
             Ok(identity) => {
                 let _ = writeln!(out, "  skip  signature (claims file: no token to verify)");
                 let _ = writeln!(out, "  ok    issuer, exp, sub and the issuer's require");
-                (Arc::new(identity), crate::authn::token_digest(&value.to_string()))
+                Arc::new(identity)
             }
             Err(why) => {
                 let _ = writeln!(out, "  FAIL  {why}\n\nresult: 401 invalid_token ({why})");
@@ -179,11 +177,11 @@ pub async fn explain(settings: &Settings, authz: &Authorizer, request: ExplainRe
     let _ = writeln!(out, "\nauthorization (policy set {})", authz.policy_hash());
     let question =
         Question { identity: &identity, route, method: request.method.as_str(), path, classified: &classified };
-    let mut verdict = authz.decide(digest, &question);
+    let mut verdict = authz.decide(&question);
     if verdict.allow
         && let Some(org) = &request.bill_to
     {
-        let billing = authz.may_bill(digest, &question, org);
+        let billing = authz.may_bill(&question, org);
         if !billing.allow {
             verdict = billing;
         }

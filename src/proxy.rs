@@ -302,7 +302,7 @@ async fn pipeline(
         path,
         classified: &classified,
     };
-    let verdict = gateway.authz.decide(digest, &question);
+    let verdict = gateway.authz.decide(&question);
     exchange.decision = Decision {
         allow: verdict.allow,
         policies: verdict.policies.clone(),
@@ -319,7 +319,7 @@ async fn pipeline(
                 exchange.decision = Decision::deny(reason);
                 return Err(HttpError::forbidden(reason.to_string()));
             };
-            let billing = gateway.authz.may_bill(digest, &question, org);
+            let billing = gateway.authz.may_bill(&question, org);
             if !billing.allow {
                 exchange.decision.allow = false;
                 exchange.decision.reason = billing.reason.clone();

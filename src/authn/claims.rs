@@ -39,6 +39,9 @@ pub struct Identity {
     pub audit_record: Option<Box<serde_json::value::RawValue>>,
     /// Every claim of the token, flattened, for policies (Cedar entity tags).
     pub tags: Vec<(String, String)>,
+    /// The authorizer's digest of this caller (with the policy-analysis flags it was computed under),
+    /// filled on first use: the decision cache's key for who is asking.
+    pub policy_key: std::sync::OnceLock<(u8, [u8; 32])>,
 }
 
 /// `X-Forwarded-User/Email/Groups` values, percent-encoded where a raw claim could not be a header.
@@ -194,6 +197,7 @@ pub fn identity_from_parts(issuer: &IssuerSettings, parts: IdentityParts, expire
         valid_until: expires_at.saturating_add(issuer.leeway.as_secs()),
         headers,
         tags,
+        policy_key: std::sync::OnceLock::new(),
     }
 }
 
