@@ -18,7 +18,7 @@ pub struct AssertionSigner {
     key: SigningKey,
     issuer: String,
     lifetime: Duration,
-    cache: Cache<([u8; 32], usize), (HeaderValue, u64)>,
+    cache: Cache<([u8; 32], usize), (HeaderValue, u64), crate::authn::DigestHashBuilder>,
 }
 
 impl std::fmt::Debug for AssertionSigner {
@@ -55,7 +55,10 @@ impl AssertionSigner {
             }
             None => SigningKey::generate(Algorithm::ES256)?,
         };
-        let cache = Cache::builder().max_capacity(100_000).time_to_live(lifetime / 2).build();
+        let cache = Cache::builder()
+            .max_capacity(100_000)
+            .time_to_live(lifetime / 2)
+            .build_with_hasher(crate::authn::DigestHashBuilder::default());
         Ok(AssertionSigner { key, issuer: issuer.to_string(), lifetime, cache })
     }
 

@@ -200,7 +200,7 @@ pub struct Authenticator {
     /// hfgate's own key and issuer, for the tokens it mints at `/oauth/token`.
     minted: Option<(String, Arc<jwks::VerifyingKey>)>,
     by_iss: HashMap<String, usize>,
-    cache: Cache<[u8; 32], Verified>,
+    cache: Cache<[u8; 32], Verified, DigestHashBuilder>,
     expected_issuers: String,
     /// Issuers whose opaque tokens are introspected or checked at their userinfo endpoint.
     opaque: Option<introspect::OpaqueTokens>,
@@ -238,7 +238,10 @@ impl Authenticator {
             .collect();
         let by_iss = issuers.iter().enumerate().map(|(i, k)| (k.settings.issuer.clone(), i)).collect();
         let expected_issuers = issuers.iter().map(|k| k.settings.issuer.as_str()).collect::<Vec<_>>().join(", ");
-        let cache = Cache::builder().max_capacity(100_000).expire_after(UntilExpiry).build();
+        let cache = Cache::builder()
+            .max_capacity(100_000)
+            .expire_after(UntilExpiry)
+            .build_with_hasher(DigestHashBuilder::default());
         let opaque = introspect::OpaqueTokens::new(&issuers, client, metrics.clone());
         Authenticator { issuers, minted: None, by_iss, cache, expected_issuers, opaque }
     }
@@ -392,6 +395,58 @@ impl Authenticator {
 
 /// The issuer index cache entries of hfgate-minted tokens carry.
 const MINTED: usize = usize::MAX;
+
+/// Hashes cache keys made of SHA-256 digests (of verified tokens, with a route index at most): a digest
+/// is already uniformly random, so folding its words with a per-process seed is hash enough, at a tenth
+/// of SipHash's cost. Only verified tokens are inserted, so nobody can pick digests that crowd one bucket.
+#[derive(Debug, Clone, Copy)]
+pub struct DigestHashBuilder {
+    seed: u64,
+}
+
+impl Default for DigestHashBuilder {
+    fn default() -> Self {
+        let mut seed = [0u8; 8];
+        let _ = aws_lc_rs::rand::fill(&mut seed);
+        DigestHashBuilder { seed: u64::from_le_bytes(seed) }
+    }
+}
+
+impl std::hash::BuildHasher for DigestHashBuilder {
+    type Hasher = DigestHasher;
+
+    fn build_hasher(&self) -> DigestHasher {
+        DigestHasher { state: self.seed }
+    }
+}
+
+/// See [`DigestHashBuilder`].
+#[derive(Debug)]
+pub struct DigestHasher {
+    state: u64,
+}
+
+impl std::hash::Hasher for DigestHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u64(&mut self, word: u64) {
+        self.state = (self.state ^ word).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29);
+    }
+
+    fn write_usize(&mut self, word: usize) {
+        self.write_u64(word as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.state
+    }
+}
 
 /// SHA-256 of the token: the cache key, so tokens themselves are never kept as keys.
 pub fn token_digest(token: &str) -> [u8; 32] {

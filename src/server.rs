@@ -1,6 +1,8 @@
 //! Listeners and lifecycle: the proxy listener (HTTP/1.1 and h2c), the admin listener (`/healthz`,
 //! `/readyz`, `/metrics`, never on the proxy port), key refresh tasks, and graceful shutdown.
 
+mod timer;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -149,10 +151,12 @@ fn serve(
     limits: Limits,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
+        let deadlines = timer::CoarseTimer::default();
+        let ticker = deadlines.spawn_ticker();
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
-            .timer(TokioTimer::new())
+            .timer(deadlines)
             .header_read_timeout(limits.header_read_timeout)
             .max_buf_size(limits.max_header_bytes);
         builder.http2().timer(TokioTimer::new()).max_header_list_size(limits.max_header_bytes as u32);
@@ -192,6 +196,7 @@ fn serve(
         }
         drop(listener);
         graceful.shutdown().await;
+        ticker.abort();
     })
 }
 

@@ -228,9 +228,12 @@ impl UsageTap {
     }
 
     pub fn for_response(headers: &HeaderMap) -> UsageTap {
-        let number = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse().ok());
+        // Named as constants, so a lookup does not parse the name first.
+        const PROMPT_TOKENS: http::HeaderName = http::HeaderName::from_static("x-prompt-tokens");
+        const GENERATED_TOKENS: http::HeaderName = http::HeaderName::from_static("x-generated-tokens");
+        let number = |name| headers.get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse().ok());
         let from_headers =
-            Usage { prompt_tokens: number("x-prompt-tokens"), completion_tokens: number("x-generated-tokens") };
+            Usage { prompt_tokens: number(&PROMPT_TOKENS), completion_tokens: number(&GENERATED_TOKENS) };
         let content_type = headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
         let mode = if content_type.starts_with("text/event-stream") {
             TapMode::Sse { line: Vec::new(), last: None }
