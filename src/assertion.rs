@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderValue;
-use moka::sync::Cache;
 use serde_json::json;
 
 use crate::authn::Identity;
+use crate::cache::ExpiringCache;
 use crate::jose::{Algorithm, KeyError, SigningKey, unix_now};
 
 /// Mints assertions and caches each one for half its lifetime per (token, route), so a busy caller
@@ -18,7 +18,7 @@ pub struct AssertionSigner {
     key: SigningKey,
     issuer: String,
     lifetime: Duration,
-    cache: Cache<([u8; 32], usize), (HeaderValue, u64), crate::authn::DigestHashBuilder>,
+    cache: ExpiringCache<([u8; 32], usize), (HeaderValue, u64), crate::authn::DigestHashBuilder>,
 }
 
 impl std::fmt::Debug for AssertionSigner {
@@ -55,10 +55,7 @@ impl AssertionSigner {
             }
             None => SigningKey::generate(Algorithm::ES256)?,
         };
-        let cache = Cache::builder()
-            .max_capacity(100_000)
-            .time_to_live(lifetime / 2)
-            .build_with_hasher(crate::authn::DigestHashBuilder::default());
+        let cache = ExpiringCache::new(100_000, crate::authn::DigestHashBuilder::default());
         Ok(AssertionSigner { key, issuer: issuer.to_string(), lifetime, cache })
     }
 
@@ -106,7 +103,7 @@ impl AssertionSigner {
         let token = self.key.sign_jwt(&json!({"typ": "JWT"}), &claims).ok()?;
         let mut value = HeaderValue::from_str(&token).ok()?;
         value.set_sensitive(true);
-        self.cache.insert(cache_key, (value.clone(), exp));
+        self.cache.insert(cache_key, (value.clone(), exp), self.lifetime / 2);
         Some(value)
     }
 }

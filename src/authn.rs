@@ -14,11 +14,11 @@ use std::time::Duration;
 
 use http::HeaderMap;
 use http::StatusCode;
-use moka::sync::Cache;
 
 pub use claims::{Identity, IdentityKind};
 use jwks::IssuerKeys;
 
+use crate::cache::ExpiringCache;
 use crate::client::HttpClient;
 use crate::config::IssuerSettings;
 use crate::jose::{Algorithm, unix_now};
@@ -200,7 +200,7 @@ pub struct Authenticator {
     /// hfgate's own key and issuer, for the tokens it mints at `/oauth/token`.
     minted: Option<(String, Arc<jwks::VerifyingKey>)>,
     by_iss: HashMap<String, usize>,
-    cache: Cache<[u8; 32], Verified, DigestHashBuilder>,
+    cache: ExpiringCache<[u8; 32], Verified, DigestHashBuilder>,
     expected_issuers: String,
     /// Issuers whose opaque tokens are introspected or checked at their userinfo endpoint.
     opaque: Option<introspect::OpaqueTokens>,
@@ -221,15 +221,6 @@ impl std::fmt::Debug for Authenticator {
     }
 }
 
-/// Cache entries live until their token's `exp` + leeway, never longer.
-struct UntilExpiry;
-
-impl moka::Expiry<[u8; 32], Verified> for UntilExpiry {
-    fn expire_after_create(&self, _: &[u8; 32], verified: &Verified, _: std::time::Instant) -> Option<Duration> {
-        Some(Duration::from_secs(verified.identity.valid_until.saturating_sub(unix_now()).saturating_add(1)))
-    }
-}
-
 impl Authenticator {
     pub fn new(issuers: &[IssuerSettings], client: HttpClient, metrics: Arc<Metrics>) -> Authenticator {
         let issuers: Vec<Arc<IssuerKeys>> = issuers
@@ -238,10 +229,7 @@ impl Authenticator {
             .collect();
         let by_iss = issuers.iter().enumerate().map(|(i, k)| (k.settings.issuer.clone(), i)).collect();
         let expected_issuers = issuers.iter().map(|k| k.settings.issuer.as_str()).collect::<Vec<_>>().join(", ");
-        let cache = Cache::builder()
-            .max_capacity(100_000)
-            .expire_after(UntilExpiry)
-            .build_with_hasher(DigestHashBuilder::default());
+        let cache = ExpiringCache::new(100_000, DigestHashBuilder::default());
         let opaque = introspect::OpaqueTokens::new(&issuers, client, metrics.clone());
         Authenticator { issuers, minted: None, by_iss, cache, expected_issuers, opaque }
     }
@@ -298,11 +286,13 @@ impl Authenticator {
                 return Ok(verified.identity);
             }
             // Expired, or its key withdrawn or stale: verify afresh, which names the failed check.
-            self.cache.invalidate(&digest);
+            self.cache.remove(&digest);
         }
         let (identity, issuer, key) = self.verify_keyed(token).await?;
         let identity = Arc::new(identity);
-        self.cache.insert(digest, Verified { identity: identity.clone(), issuer, key });
+        // Kept until the token's `exp` plus leeway, never longer.
+        let ttl = Duration::from_secs(identity.valid_until.saturating_sub(unix_now()).saturating_add(1));
+        self.cache.insert(digest, Verified { identity: identity.clone(), issuer, key }, ttl);
         Ok(identity)
     }
 

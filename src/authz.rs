@@ -22,10 +22,10 @@ use cedar_policy::{
     EntityUid, PolicyId, PolicySet, Request, RestrictedExpression, Schema, ValidationMode, Validator,
 };
 use miette::Diagnostic;
-use moka::sync::Cache;
 use serde_json::Value;
 
 use crate::authn::{Identity, IdentityKind};
+use crate::cache::ExpiringCache;
 use crate::classify::{Action, Classified, ModelRef};
 use crate::config::{ConfigIssue, RuleEffect, RuleSettings, Settings};
 use crate::route::Route;
@@ -348,6 +348,10 @@ fn caller_digest(reads: PolicyReads, identity: &Identity) -> [u8; 32] {
     digest
 }
 
+/// How long a decision is kept. A decision is a function of its key while hfgate runs (the policies are
+/// fixed), so this only keeps the cache to the callers seen lately.
+const DECISION_TTL: Duration = Duration::from_secs(60);
+
 pub struct Authorizer {
     /// False when no rule and no policy file exist: authentication alone decides.
     enabled: bool,
@@ -360,7 +364,7 @@ pub struct Authorizer {
     policy_hash: Arc<str>,
     /// What the policies read: which parts of a question go into the cache key.
     reads: PolicyReads,
-    cache: Option<Cache<CacheKey, Arc<Verdict>>>,
+    cache: Option<ExpiringCache<CacheKey, Arc<Verdict>, std::hash::RandomState>>,
     engine: CedarAuthorizer,
     /// Cedar evaluations so far (tests observe cache sharing with it).
     evaluations: AtomicU64,
@@ -613,7 +617,7 @@ impl Authorizer {
             .map(PolicyReads::of)
             .fold(PolicyReads::default(), PolicyReads::union);
         let cache = (authz.decision_cache && !reads.uncacheable)
-            .then(|| Cache::builder().max_capacity(100_000).time_to_live(Duration::from_secs(60)).build());
+            .then(|| ExpiringCache::new(100_000, std::hash::RandomState::new()));
         let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, hash_input.as_bytes());
         let policy_hash: String = digest.as_ref()[..16].iter().map(|b| format!("{b:02x}")).collect();
         let bill_to_rules =
@@ -700,7 +704,7 @@ impl Authorizer {
             return hit;
         }
         let verdict = Arc::new(self.evaluate(question, action, org));
-        cache.insert(key, verdict.clone());
+        cache.insert(key, verdict.clone(), DECISION_TTL);
         verdict
     }
 

@@ -11,6 +11,7 @@ pub mod assertion;
 pub mod audit;
 pub mod authn;
 pub mod authz;
+pub mod cache;
 pub mod ci_token;
 pub mod classify;
 pub mod cli;

@@ -1,0 +1,152 @@
+//! The bounded, expiring map behind the request path's caches (verified tokens, decisions, assertions).
+//!
+//! Each of those is read on every request and written once per new token or caller, and each entry has a
+//! hard expiry. A general-purpose cache spends its time on what these do not need (frequency sketches,
+//! access-order lists, a write log replayed by housekeeping); here a lookup is one lock of one shard and
+//! one hash probe, an insert the same, and the upkeep is a sweep of one shard every [`SWEEP_EVERY`]
+//! inserts. A full shard first drops what has expired, then an arbitrary eighth of itself: every entry
+//! can be recomputed, so which one goes matters little.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+const SHARDS: usize = 8;
+/// Inserts into a shard between two sweeps of its expired entries, so memory follows the live entries.
+pub const SWEEP_EVERY: u32 = 256;
+
+/// A concurrent map with a capacity and a deadline per entry.
+pub struct ExpiringCache<K, V, S> {
+    shards: [Mutex<Shard<K, V, S>>; SHARDS],
+    hasher: S,
+    shard_capacity: usize,
+}
+
+struct Shard<K, V, S> {
+    entries: HashMap<K, (V, Instant), S>,
+    inserts: u32,
+}
+
+impl<K, V, S> std::fmt::Debug for ExpiringCache<K, V, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExpiringCache").field("capacity", &(self.shard_capacity * SHARDS)).finish()
+    }
+}
+
+impl<K: Hash + Eq, V: Clone, S: BuildHasher + Clone> ExpiringCache<K, V, S> {
+    /// A cache of at most about `capacity` entries.
+    pub fn new(capacity: usize, hasher: S) -> Self {
+        let shard_capacity = capacity.div_ceil(SHARDS).max(1);
+        ExpiringCache {
+            shards: std::array::from_fn(|_| {
+                Mutex::new(Shard { entries: HashMap::with_hasher(hasher.clone()), inserts: 0 })
+            }),
+            hasher,
+            shard_capacity,
+        }
+    }
+
+    fn shard(&self, key: &K) -> MutexGuard<'_, Shard<K, V, S>> {
+        // The top bits pick the shard; the map inside uses the low ones.
+        let index = (self.hasher.hash_one(key) >> 61) as usize % SHARDS;
+        // Entries are plain data, consistent even if a holder panicked: keep going.
+        self.shards[index].lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The value, unless it has expired.
+    pub fn get(&self, key: &K) -> Option<V> {
+        let now = Instant::now();
+        let shard = self.shard(key);
+        shard.entries.get(key).filter(|(_, expires)| *expires > now).map(|(value, _)| value.clone())
+    }
+
+    /// Stores `value` until `ttl` from now (replacing any earlier value).
+    pub fn insert(&self, key: K, value: V, ttl: Duration) {
+        let now = Instant::now();
+        let expires = now.checked_add(ttl).unwrap_or(now + Duration::from_secs(86_400 * 365));
+        let mut shard = self.shard(&key);
+        shard.inserts = shard.inserts.wrapping_add(1);
+        if shard.inserts.is_multiple_of(SWEEP_EVERY) {
+            shard.entries.retain(|_, (_, until)| *until > now);
+        }
+        if shard.entries.len() >= self.shard_capacity && !shard.entries.contains_key(&key) {
+            shard.entries.retain(|_, (_, until)| *until > now);
+            if shard.entries.len() >= self.shard_capacity {
+                let evict = (self.shard_capacity / 8).max(1);
+                let mut seen = 0;
+                shard.entries.retain(|_, _| {
+                    seen += 1;
+                    seen > evict
+                });
+            }
+        }
+        shard.entries.insert(key, (value, expires));
+    }
+
+    pub fn remove(&self, key: &K) {
+        self.shard(key).entries.remove(key);
+    }
+
+    /// Entries held, expired ones not yet swept included.
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).entries.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::hash_map::RandomState;
+
+    #[test]
+    fn values_expire() {
+        let cache = ExpiringCache::new(100, RandomState::new());
+        cache.insert(1, "one", Duration::from_secs(60));
+        cache.insert(2, "two", Duration::ZERO);
+        assert_eq!(cache.get(&1), Some("one"));
+        assert_eq!(cache.get(&2), None, "an expired entry is never returned");
+        cache.remove(&1);
+        assert_eq!(cache.get(&1), None);
+    }
+
+    #[test]
+    fn the_capacity_holds_and_recent_entries_survive_eviction() {
+        let cache = ExpiringCache::new(1_000, RandomState::new());
+        for n in 0..10_000u32 {
+            cache.insert(n, n, Duration::from_secs(60));
+            assert_eq!(cache.get(&n), Some(n), "the entry just inserted is there");
+        }
+        assert!(cache.len() <= 1_000 + SHARDS, "{} entries for a capacity of 1,000", cache.len());
+        assert!(cache.len() >= 500, "eviction takes an eighth at a time, not everything: {}", cache.len());
+    }
+
+    #[test]
+    fn expired_entries_are_swept_without_filling_up() {
+        let cache = ExpiringCache::new(1_000_000, RandomState::new());
+        for n in 0..(SWEEP_EVERY * SHARDS as u32 * 8) {
+            cache.insert(n, n, Duration::ZERO);
+        }
+        // Each shard swept at least once in its last SWEEP_EVERY inserts: what is left is less than that.
+        assert!(cache.len() < (SWEEP_EVERY as usize) * SHARDS, "{} expired entries kept", cache.len());
+    }
+
+    #[test]
+    fn replacing_a_value_in_a_full_cache_evicts_nothing() {
+        let cache = ExpiringCache::new(SHARDS, RandomState::new());
+        for n in 0..SHARDS as u32 * 4 {
+            cache.insert(n, 0, Duration::from_secs(60));
+        }
+        let held: Vec<u32> = (0..SHARDS as u32 * 4).filter(|n| cache.get(n).is_some()).collect();
+        let before = cache.len();
+        for n in &held {
+            cache.insert(*n, 1, Duration::from_secs(60));
+        }
+        assert_eq!(cache.len(), before);
+        assert!(held.iter().all(|n| cache.get(n) == Some(1)));
+    }
+}
