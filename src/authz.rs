@@ -571,6 +571,9 @@ impl Authorizer {
                 hash_input.push_str(&text);
                 if let Ok(policies) = parse_policies(&text, "route") {
                     for policy in policies {
+                        // Reserved: a policy-file policy of the same id is refused below as a duplicate,
+                        // rather than silently standing in for this one.
+                        seen_ids.insert(policy.id().to_string());
                         let _ = set.add(policy.clone());
                         let _ = all.add(policy);
                     }
@@ -1093,5 +1096,36 @@ datasets = ["private/*"]
             caller_digest(PolicyReads { subject: true, ..NOTHING }, &tagged(&[])),
             caller_digest(PolicyReads { subject: true, ..NOTHING }, &other)
         );
+    }
+
+    #[test]
+    fn a_policy_file_cannot_take_the_id_of_a_route_bill_policy() {
+        let dir = std::env::temp_dir().join(format!("hfgate-authz-reserved-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("p.cedar");
+        std::fs::write(&file, "@id(\"route[0].bill_to\")\npermit (principal, action, resource);\n").expect("write");
+        let text = format!(
+            r#"
+[[issuer]]
+name = "corp"
+issuer = "https://idp.example"
+audiences = ["hfgate"]
+
+[[route]]
+name = "llm"
+path = "/llm/"
+upstream = "http://127.0.0.1:9"
+api = "router"
+bill_to = "acme"
+
+[authz]
+policy_file = "{}"
+"#,
+            file.display()
+        );
+        let settings = crate::config::parse(&dir.join("t.toml"), &text).expect("config");
+        let issues = Authorizer::new(&settings).expect_err("a reserved id is refused");
+        assert!(issues.iter().any(|i| i.message.contains("duplicate policy id route[0].bill_to")), "{issues:?}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
