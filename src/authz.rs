@@ -56,6 +56,12 @@ pub struct Question<'a> {
     pub classified: &'a Classified,
 }
 
+impl crate::cache::ShardKey for CacheKey {
+    fn shard_byte(&self) -> u8 {
+        self.caller[0] ^ self.route as u8
+    }
+}
+
 /// Everything a decision depends on, as far as the configured policies can tell (see [`PolicyReads`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct CacheKey {

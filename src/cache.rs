@@ -16,10 +16,27 @@ const SHARDS: usize = 8;
 /// Inserts into a shard between two sweeps of its expired entries, so memory follows the live entries.
 pub const SWEEP_EVERY: u32 = 256;
 
+/// A key that names its own shard, so finding the shard costs no second hash of the key.
+pub trait ShardKey {
+    /// Any byte of the key that varies between keys (the keys here start with a SHA-256 digest).
+    fn shard_byte(&self) -> u8;
+}
+
+impl ShardKey for [u8; 32] {
+    fn shard_byte(&self) -> u8 {
+        self[0]
+    }
+}
+
+impl ShardKey for ([u8; 32], usize) {
+    fn shard_byte(&self) -> u8 {
+        self.0[0]
+    }
+}
+
 /// A concurrent map with a capacity and a deadline per entry.
 pub struct ExpiringCache<K, V, S> {
     shards: [Mutex<Shard<K, V, S>>; SHARDS],
-    hasher: S,
     shard_capacity: usize,
 }
 
@@ -34,7 +51,7 @@ impl<K, V, S> std::fmt::Debug for ExpiringCache<K, V, S> {
     }
 }
 
-impl<K: Hash + Eq, V: Clone, S: BuildHasher + Clone> ExpiringCache<K, V, S> {
+impl<K: Hash + Eq + ShardKey, V: Clone, S: BuildHasher + Clone> ExpiringCache<K, V, S> {
     /// A cache of at most about `capacity` entries.
     pub fn new(capacity: usize, hasher: S) -> Self {
         let shard_capacity = capacity.div_ceil(SHARDS).max(1);
@@ -42,14 +59,12 @@ impl<K: Hash + Eq, V: Clone, S: BuildHasher + Clone> ExpiringCache<K, V, S> {
             shards: std::array::from_fn(|_| {
                 Mutex::new(Shard { entries: HashMap::with_hasher(hasher.clone()), inserts: 0 })
             }),
-            hasher,
             shard_capacity,
         }
     }
 
     fn shard(&self, key: &K) -> MutexGuard<'_, Shard<K, V, S>> {
-        // The top bits pick the shard; the map inside uses the low ones.
-        let index = (self.hasher.hash_one(key) >> 61) as usize % SHARDS;
+        let index = usize::from(key.shard_byte()) % SHARDS;
         // Entries are plain data, consistent even if a holder panicked: keep going.
         self.shards[index].lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -102,6 +117,12 @@ impl<K: Hash + Eq, V: Clone, S: BuildHasher + Clone> ExpiringCache<K, V, S> {
 mod tests {
     use super::*;
     use std::collections::hash_map::RandomState;
+
+    impl ShardKey for u32 {
+        fn shard_byte(&self) -> u8 {
+            self.to_le_bytes()[0]
+        }
+    }
 
     #[test]
     fn values_expire() {
