@@ -4,7 +4,8 @@
 //! hard expiry. A general-purpose cache spends its time on what these do not need (frequency sketches,
 //! access-order lists, a write log replayed by housekeeping); here a lookup is one lock of one shard and
 //! one hash probe, an insert the same, and the upkeep is a sweep of one shard every [`SWEEP_EVERY`]
-//! inserts (skipped while nothing in it can have expired). A full shard first drops what has expired,
+//! inserts or, once its entries have started to expire, at most once a second (never while nothing in it
+//! can have expired). A full shard first drops what has expired,
 //! then an arbitrary sixty-fourth of itself: every entry can be recomputed, so which one goes matters
 //! little.
 
@@ -16,6 +17,8 @@ use std::time::{Duration, Instant};
 const SHARDS: usize = 8;
 /// Inserts into a shard between two sweeps of its expired entries, so memory follows the live entries.
 pub const SWEEP_EVERY: u32 = 256;
+/// A shard whose entries have started to expire is swept at its next insert once this long has passed.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A key that names its own shard, so finding the shard costs no second hash of the key.
 pub trait ShardKey {
@@ -46,6 +49,8 @@ struct Shard<K, V, S> {
     inserts: u32,
     /// No entry expires before this: a sweep before it would find nothing.
     earliest: Option<Instant>,
+    /// When this shard was last swept.
+    swept: Option<Instant>,
 }
 
 impl<K, V, S> Shard<K, V, S> {
@@ -54,7 +59,14 @@ impl<K, V, S> Shard<K, V, S> {
         if self.earliest.is_some_and(|earliest| earliest <= now) {
             self.entries.retain(|_, (_, until)| *until > now);
             self.earliest = self.entries.values().map(|(_, until)| *until).min();
+            self.swept = Some(now);
         }
+    }
+
+    /// Whether expired entries have lingered long enough to be worth a sweep: at most once a second.
+    fn sweep_due(&self, now: Instant) -> bool {
+        self.earliest.is_some_and(|earliest| earliest <= now)
+            && self.swept.is_none_or(|swept| now.duration_since(swept) >= SWEEP_INTERVAL)
     }
 }
 
@@ -70,7 +82,7 @@ impl<K: Hash + Eq + Clone + ShardKey, V: Clone, S: BuildHasher + Clone> Expiring
         let shard_capacity = capacity.div_ceil(SHARDS).max(1);
         ExpiringCache {
             shards: std::array::from_fn(|_| {
-                Mutex::new(Shard { entries: HashMap::with_hasher(hasher.clone()), inserts: 0, earliest: None })
+                Mutex::new(Shard { entries: HashMap::with_hasher(hasher.clone()), inserts: 0, earliest: None, swept: None })
             }),
             shard_capacity,
         }
@@ -95,7 +107,7 @@ impl<K: Hash + Eq + Clone + ShardKey, V: Clone, S: BuildHasher + Clone> Expiring
         let expires = now.checked_add(ttl).unwrap_or(now + Duration::from_secs(86_400 * 365));
         let mut shard = self.shard(&key);
         shard.inserts = shard.inserts.wrapping_add(1);
-        if shard.inserts.is_multiple_of(SWEEP_EVERY) {
+        if shard.inserts.is_multiple_of(SWEEP_EVERY) || shard.sweep_due(now) {
             shard.sweep(now);
         }
         if shard.entries.len() >= self.shard_capacity && !shard.entries.contains_key(&key) {
