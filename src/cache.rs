@@ -82,7 +82,12 @@ impl<K: Hash + Eq + Clone + ShardKey, V: Clone, S: BuildHasher + Clone> Expiring
         let shard_capacity = capacity.div_ceil(SHARDS).max(1);
         ExpiringCache {
             shards: std::array::from_fn(|_| {
-                Mutex::new(Shard { entries: HashMap::with_hasher(hasher.clone()), inserts: 0, earliest: None, swept: None })
+                Mutex::new(Shard {
+                    entries: HashMap::with_hasher(hasher.clone()),
+                    inserts: 0,
+                    earliest: None,
+                    swept: None,
+                })
             }),
             shard_capacity,
         }
