@@ -3,11 +3,10 @@
 //! Each of those is read on every request and written once per new token or caller, and each entry has a
 //! hard expiry. A general-purpose cache spends its time on what these do not need (frequency sketches,
 //! access-order lists, a write log replayed by housekeeping); here a lookup is one lock of one shard and
-//! one hash probe, an insert the same, and the upkeep is a sweep of one shard every [`SWEEP_EVERY`]
-//! inserts or, once its entries have started to expire, at most once a second (never while nothing in it
-//! can have expired). A full shard first drops what has expired,
-//! then an arbitrary sixty-fourth of itself: every entry can be recomputed, so which one goes matters
-//! little.
+//! one hash probe, an insert the same. Upkeep happens on insert: a shard is swept every [`SWEEP_EVERY`]
+//! inserts, and at most once a second once its entries have started to expire, but never while nothing in
+//! it can have expired. A full shard first drops what has expired, then an arbitrary sixty-fourth of
+//! itself: every entry can be recomputed, so which one goes matters little.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
