@@ -871,22 +871,7 @@ mod tests {
     /// without optional claims) conforms to the shipped schema, so serving may skip the check.
     #[test]
     fn every_request_shape_conforms_to_the_schema() {
-        let text = r#"
-[[issuer]]
-name = "corp"
-issuer = "https://idp.example"
-audiences = ["hfgate"]
-
-[[route]]
-name = "llm"
-path = "/llm/"
-upstream = "http://127.0.0.1:9"
-api = "router"
-
-[[allow]]
-groups = ["ml"]
-"#;
-        let settings = crate::config::parse(std::path::Path::new("t.toml"), text).expect("config");
+        let settings = settings_with(std::path::Path::new("t.toml"), "[[allow]]\ngroups = [\"ml\"]\n");
         let authz = Authorizer::new(&settings).expect("policies");
         let routes = RouteTable::new(&settings.routes);
         let route = routes.find("/llm/x").expect("route");
@@ -924,7 +909,8 @@ groups = ["ml"]
         policies.iter().map(PolicyReads::of).fold(PolicyReads::default(), PolicyReads::union)
     }
 
-    fn reads_of_rules(rules: &str) -> PolicyReads {
+    /// One issuer and one `router` route billed to `acme`, plus `extra` (rules, an `[authz]` table).
+    fn settings_with(source: &std::path::Path, extra: &str) -> Settings {
         let text = format!(
             r#"
 [[issuer]]
@@ -938,9 +924,13 @@ path = "/llm/"
 upstream = "http://127.0.0.1:9"
 api = "router"
 bill_to = "acme"
-{rules}"#
+{extra}"#
         );
-        let settings = crate::config::parse(std::path::Path::new("t.toml"), &text).expect("config");
+        crate::config::parse(source, &text).expect("config")
+    }
+
+    fn reads_of_rules(rules: &str) -> PolicyReads {
+        let settings = settings_with(std::path::Path::new("t.toml"), rules);
         Authorizer::new(&settings).expect("policies").reads
     }
 
@@ -1110,26 +1100,7 @@ datasets = ["private/*"]
         std::fs::create_dir_all(&dir).expect("temp dir");
         let file = dir.join("p.cedar");
         std::fs::write(&file, "@id(\"route[0].bill_to\")\npermit (principal, action, resource);\n").expect("write");
-        let text = format!(
-            r#"
-[[issuer]]
-name = "corp"
-issuer = "https://idp.example"
-audiences = ["hfgate"]
-
-[[route]]
-name = "llm"
-path = "/llm/"
-upstream = "http://127.0.0.1:9"
-api = "router"
-bill_to = "acme"
-
-[authz]
-policy_file = "{}"
-"#,
-            file.display()
-        );
-        let settings = crate::config::parse(&dir.join("t.toml"), &text).expect("config");
+        let settings = settings_with(&dir.join("t.toml"), &format!("[authz]\npolicy_file = \"{}\"\n", file.display()));
         let issues = Authorizer::new(&settings).expect_err("a reserved id is refused");
         assert!(issues.iter().any(|i| i.message.contains("duplicate policy id route[0].bill_to")), "{issues:?}");
         let _ = std::fs::remove_dir_all(&dir);
