@@ -2,8 +2,9 @@
 //! Cedar evaluation, and requests they could answer differently (another path, method, subject or claim
 //! tag) never share one.
 
+mod common;
+
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use hfgate::authn::Identity;
 use hfgate::authn::claims::identity_from_claims;
@@ -21,7 +22,6 @@ struct Gate {
 
 /// One generic route, `/gen/`, with these `[[allow]]`/`[[deny]]` rules and this policy file.
 fn gate(rules: &str, policy_file: Option<&str>) -> Gate {
-    static FILES: AtomicU64 = AtomicU64::new(0);
     let mut text = format!(
         r#"
 [[issuer]]
@@ -36,17 +36,14 @@ upstream = "http://127.0.0.1:9"
 api = "generic"
 {rules}"#
     );
-    let file = std::env::temp_dir().join(format!(
-        "hfgate-decision-cache-{}-{}.cedar",
-        std::process::id(),
-        FILES.fetch_add(1, Ordering::SeqCst)
-    ));
+    let dir = common::temp_dir("decision-cache");
+    let file = dir.join("policies.cedar");
     if let Some(policies) = policy_file {
         std::fs::write(&file, policies).expect("policy file");
         text.push_str(&format!("\n[authz]\npolicy_file = \"{}\"\n", file.display()));
     }
     let settings = hfgate::config::parse(Path::new("hfgate.toml"), &text);
-    let _ = std::fs::remove_file(&file);
+    let _ = std::fs::remove_dir_all(&dir);
     let settings = settings.expect("config");
     let authz = Authorizer::new(&settings).expect("policies");
     let routes = RouteTable::new(&settings.routes);
