@@ -5,6 +5,7 @@
 pub mod body;
 pub mod forward;
 pub mod headers;
+pub mod pool;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,6 +31,7 @@ use crate::login::{SessionAuth, SignIn};
 use crate::metrics::Metrics;
 use crate::route::{PathError, Route, RouteTable, normalize_path};
 use body::{BodyOutcome, CountingBody, ObservedBody, UsageTap};
+use pool::UpstreamPool;
 
 /// Everything the pipeline needs, built once from validated settings.
 #[derive(Debug)]
@@ -42,6 +44,8 @@ pub struct Gateway {
     pub audit: AuditSink,
     pub metrics: Arc<Metrics>,
     pub client: HttpClient,
+    /// Connections to plain-`http` upstreams, per route.
+    pub pool: UpstreamPool,
     /// Sign-in for people (`[login]`): sessions on every route, the sign-in endpoints.
     pub signin: Option<SignIn>,
     /// Per-user upstream credentials (`credential = "exchange:NAME"`).
@@ -64,7 +68,12 @@ impl Gateway {
         let proto = if settings.server.public_url.starts_with("https://") { "https" } else { "http" };
         let signin = SignIn::new(&settings, client.clone()).map(|s| s.with_metrics(metrics.clone()));
         let exchanger = Exchanger::new(&settings.exchanges, client.clone(), metrics.clone());
-        Gateway { settings, routes, authn, authz, signer, audit, metrics, client, signin, exchanger, proto }
+        let plain = settings
+            .routes
+            .iter()
+            .map(|r| (r.upstream.scheme == http::uri::Scheme::HTTP).then_some(&r.upstream.authority));
+        let pool = UpstreamPool::new(plain, settings.server.upstream_connect_timeout);
+        Gateway { settings, routes, authn, authz, signer, audit, metrics, client, pool, signin, exchanger, proto }
     }
 }
 
@@ -247,7 +256,7 @@ async fn pipeline(
     exchange: &mut Exchange,
     peer: SocketAddr,
     request: Request<Body>,
-) -> Result<Response<hyper::body::Incoming>, HttpError> {
+) -> Result<Response<pool::UpstreamBody>, HttpError> {
     // A cheap reference-counted copy, so the path outlives taking the request apart.
     let target = request.uri().clone();
     let path = normalized_path(gateway, target.path())?;
@@ -398,7 +407,7 @@ async fn pipeline(
     *upstream.headers_mut() = upstream_headers;
 
     let sent = Instant::now();
-    match forward::send(&gateway.client, upstream, settings.timeout).await {
+    match forward::send(&gateway.pool, &gateway.client, route.index, upstream, settings.timeout).await {
         Ok(response) => {
             gateway.metrics.upstream_latency(&route.name, sent.elapsed());
             if response.status() == http::StatusCode::UNAUTHORIZED
@@ -499,7 +508,7 @@ async fn read_bounded(body: Body, peek: usize, limit: u64) -> Result<bytes::Byte
 }
 
 /// Streams the upstream response back; the audit line is written when its body ends.
-fn respond(mut exchange: Exchange, response: Response<hyper::body::Incoming>) -> Response<Body> {
+fn respond(mut exchange: Exchange, response: Response<pool::UpstreamBody>) -> Response<Body> {
     let (mut parts, body) = response.into_parts();
     headers::clean_response_headers(&mut parts.headers);
     if let Ok(id) = HeaderValue::from_str(&exchange.request_id) {

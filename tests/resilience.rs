@@ -319,6 +319,115 @@ async fn client_that_leaves(
     stream
 }
 
+// --- upstream connections -------------------------------------------------------------------------------
+
+/// Requests one after another share one upstream connection, sent in origin form with the upstream's Host.
+#[tokio::test]
+async fn sequential_requests_reuse_one_upstream_connection() {
+    let (stack, probe) = with_probe("", Options::default()).await;
+    let token = stack.token("alice");
+    for i in 0..5 {
+        let reply = stack.send(get(&stack, &format!("/probe/echo/{i}"), &token)).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    }
+    let log = probe.log();
+    assert_eq!(log.connections, 1, "one connection for five requests: {log:?}");
+    assert!(log.requests.iter().all(|r| r.connection == 0));
+    let raw = String::from_utf8_lossy(&log.raw[0]);
+    assert!(raw.starts_with("GET /echo/0 HTTP/1.1\r\n"), "origin form: {raw}");
+    assert_eq!(log.requests[0].header_values("host"), [probe.addr().to_string()]);
+}
+
+/// An upstream that answers one request per connection, then closes it: with `Connection: close`, or
+/// silently a moment later. The closed connection is never used again; every request gets its answer.
+#[tokio::test]
+async fn a_connection_the_upstream_closed_is_not_reused() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    for announced in [true, false] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match socket.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let close = if announced { "Connection: close\r\n" } else { "" };
+                    let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n{close}\r\nok");
+                    let _ = socket.write_all(answer.as_bytes()).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                });
+            }
+        });
+        let stack =
+            Stack::start_with(Options { tail: route_table("once", "/once/", addr, ""), ..Options::default() }).await;
+        let token = stack.token("alice");
+        for i in 0..3 {
+            let reply = stack.send(get(&stack, &format!("/once/{i}"), &token)).await;
+            assert_eq!((reply.status, reply.text()), (StatusCode::OK, "ok".to_string()), "announced={announced}, {i}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 3, "announced={announced}: one connection per request");
+    }
+}
+
+/// An upstream that answers before reading the request body: while the upload goes on, its connection
+/// stays busy, and the next request is answered on another connection instead of waiting behind it.
+#[tokio::test]
+async fn a_connection_still_uploading_does_not_hold_up_the_next_request() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                // Answer every request head at once and keep reading (and ignoring) whatever follows.
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        seen.drain(..end + 4);
+                        let _ = socket.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+                    }
+                    if seen.len() > 64 * 1024 {
+                        seen.clear();
+                    }
+                }
+            });
+        }
+    });
+    let stack =
+        Stack::start_with(Options { tail: route_table("early", "/early/", addr, ""), ..Options::default() }).await;
+    let token = stack.token("alice");
+    let (upload, body) = tokio::sync::mpsc::channel::<bytes::Bytes>(4);
+    let body = Body::new(common::ChannelBody(body));
+    let post = Request::post(stack.url("/early/upload"))
+        .header("authorization", format!("Bearer {token}"))
+        .body(body)
+        .expect("req");
+    upload.send(bytes::Bytes::from_static(b"first part")).await.expect("send");
+    let answered = tokio::time::timeout(Duration::from_secs(5), stack.client.request(post)).await;
+    let response = answered.expect("answered before the upload ends").expect("response");
+    assert_eq!(response.status(), StatusCode::OK);
+    let _ = response.into_body().collect().await;
+    let next = tokio::time::timeout(Duration::from_secs(5), stack.send(get(&stack, "/early/next", &token))).await;
+    assert_eq!(next.expect("the next request is not held up by the upload").status, StatusCode::OK);
+    drop(upload);
+}
+
 // --- one audit line per request -------------------------------------------------------------------------
 
 /// Every kind of answer hfgate gives itself, and every upstream outcome, leaves exactly one audit line

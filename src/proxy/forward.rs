@@ -2,12 +2,11 @@
 
 use std::time::Duration;
 
-use axum::body::Body;
-use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
-
 use crate::client::{HttpClient, error_chain};
 use crate::error::HttpError;
+use crate::proxy::pool::{UpstreamBody, UpstreamPool};
+use axum::body::Body;
+use http::{Request, Response, StatusCode};
 
 /// Why the upstream gave no response headers.
 #[derive(Debug, thiserror::Error)]
@@ -40,20 +39,31 @@ impl ForwardError {
     }
 }
 
-/// Sends `request` and waits at most `timeout` for the response headers; the body is not timed here.
+/// Sends `request` for `route` (through the pool when its upstream is plain `http`, else the general
+/// client) and waits at most `timeout` for the response headers; the body is not timed here.
 pub async fn send(
+    pool: &UpstreamPool,
     client: &HttpClient,
+    route: usize,
     request: Request<Body>,
     timeout: Duration,
-) -> Result<Response<Incoming>, ForwardError> {
-    match tokio::time::timeout(timeout, client.request(request)).await {
-        Err(_) => Err(ForwardError::Timeout(format!("no response headers within {timeout:?}"))),
-        Ok(Ok(response)) => Ok(response),
-        Ok(Err(err)) => {
-            let detail = error_chain(&err);
-            if is_timeout(&err) { Err(ForwardError::Timeout(detail)) } else { Err(ForwardError::Unavailable(detail)) }
+) -> Result<Response<UpstreamBody>, ForwardError> {
+    let sent = async {
+        if pool.serves(route) {
+            pool.send(route, request).await.map_err(failed)
+        } else {
+            client.request(request).await.map(UpstreamBody::unpooled).map_err(failed)
         }
+    };
+    match tokio::time::timeout(timeout, sent).await {
+        Err(_) => Err(ForwardError::Timeout(format!("no response headers within {timeout:?}"))),
+        Ok(result) => result,
     }
+}
+
+fn failed(err: impl std::error::Error + 'static) -> ForwardError {
+    let detail = error_chain(&err);
+    if is_timeout(&err) { ForwardError::Timeout(detail) } else { ForwardError::Unavailable(detail) }
 }
 
 fn is_timeout(err: &(dyn std::error::Error + 'static)) -> bool {

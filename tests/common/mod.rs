@@ -771,8 +771,8 @@ impl Drop for CancelGuard {
     }
 }
 
-/// A response body fed from a channel.
-struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
+/// A body fed from a channel: a probe's streamed response, a test's slow upload.
+pub struct ChannelBody(pub tokio::sync::mpsc::Receiver<Bytes>);
 
 impl http_body::Body for ChannelBody {
     type Data = Bytes;
