@@ -12,13 +12,20 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
 
-/// Builds the pooled client. `connect_timeout` bounds the TCP connect only.
-pub fn build(connect_timeout: Duration) -> HttpClient {
+/// TCP connections as every upstream gets them: no Nagle delay, TCP keep-alive, `connect_timeout` bounding
+/// the connect.
+pub fn tcp_connector(connect_timeout: Duration) -> HttpConnector {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(connect_timeout));
     http.set_keepalive(Some(Duration::from_secs(60)));
+    http
+}
+
+/// Builds the pooled client. `connect_timeout` bounds the TCP connect only.
+pub fn build(connect_timeout: Duration) -> HttpClient {
+    let http = tcp_connector(connect_timeout);
     let builder = HttpsConnectorBuilder::new();
     let builder = match builder.with_native_roots() {
         Ok(b) => b,

@@ -120,10 +120,7 @@ impl UpstreamPool {
     /// A slot for each route whose upstream is plain `http` (the authority of route `i`'s upstream, if so);
     /// the others use the general client.
     pub fn new<'a>(plain: impl IntoIterator<Item = Option<&'a Authority>>, connect_timeout: Duration) -> UpstreamPool {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(connect_timeout));
-        connector.set_keepalive(Some(Duration::from_secs(60)));
+        let connector = crate::client::tcp_connector(connect_timeout);
         let slots = plain.into_iter().map(|authority| authority.and_then(Slot::new).map(Arc::new)).collect();
         UpstreamPool { connector, slots }
     }
