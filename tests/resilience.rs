@@ -343,7 +343,7 @@ async fn sequential_requests_reuse_one_upstream_connection() {
 #[tokio::test]
 async fn a_connection_the_upstream_closed_is_not_reused() {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     for announced in [true, false] {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
@@ -353,13 +353,8 @@ async fn a_connection_the_upstream_closed_is_not_reused() {
             while let Ok((mut socket, _)) = listener.accept().await {
                 counter.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
-                    let mut head = Vec::new();
-                    let mut buf = [0u8; 4096];
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match socket.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => head.extend_from_slice(&buf[..n]),
-                        }
+                    if common::read_request_head(&mut socket).await.is_none() {
+                        return;
                     }
                     let close = if announced { "Connection: close\r\n" } else { "" };
                     let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n{close}\r\nok");

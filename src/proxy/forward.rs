@@ -2,11 +2,12 @@
 
 use std::time::Duration;
 
+use axum::body::Body;
+use http::{Request, Response, StatusCode};
+
 use crate::client::{HttpClient, error_chain};
 use crate::error::HttpError;
 use crate::proxy::pool::{UpstreamBody, UpstreamPool};
-use axum::body::Body;
-use http::{Request, Response, StatusCode};
 
 /// Why the upstream gave no response headers.
 #[derive(Debug, thiserror::Error)]

@@ -522,19 +522,26 @@ fn discovery_doc(issuer: &str) -> Value {
     })
 }
 
-async fn serve_idp(mut socket: tokio::net::TcpStream, state: Arc<IdpState>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// Reads from `socket` until the end of a request head (at most 64 KiB); `None` if it closes or errs first.
+pub async fn read_request_head(socket: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
     let mut head = Vec::new();
     let mut buf = [0u8; 4096];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
         match socket.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
+            Ok(0) | Err(_) => return None,
             Ok(n) => head.extend_from_slice(&buf[..n]),
         }
         if head.len() > 64 * 1024 {
-            return;
+            return None;
         }
     }
+    Some(head)
+}
+
+async fn serve_idp(mut socket: tokio::net::TcpStream, state: Arc<IdpState>) {
+    use tokio::io::AsyncWriteExt;
+    let Some(head) = read_request_head(&mut socket).await else { return };
     let line = String::from_utf8_lossy(head.split(|&b| b == b'\r').next().unwrap_or_default()).into_owned();
     let path = line.split(' ').nth(1).unwrap_or("/").to_string();
     let reply = match path.as_str() {
