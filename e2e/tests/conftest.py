@@ -41,7 +41,7 @@ from support import (
     Procs,
     Stack,
     Upstream,
-    free_port,
+    free_ports,
     gate_config,
     hfgate_env,
     http_status,
@@ -221,7 +221,7 @@ def stack(idp: IdP, upstream: Upstream, start_gate: GateFactory) -> Stack:
 @pytest.fixture
 def demo(procs: Procs, hfgate_bin: Path) -> Demo:
     require_subcommand(hfgate_bin, "demo")
-    port, admin_port = free_port(), free_port()
+    port, admin_port = free_ports(2)
     proc = procs.start(
         "hfgate-demo",
         [hfgate_bin, "demo", "--listen", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{admin_port}"],

@@ -139,6 +139,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free ports: the sockets stay bound until all are chosen (two free_port() calls in a
+    row can return the same port)."""
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
 def wait_until(
     predicate: Callable[[], Any],
     what: str,
@@ -925,7 +938,7 @@ def serve_gate(
     require_subcommand(binary, "serve")
     full_env = hfgate_env(env)
     for attempt in range(3):
-        port, admin_port = free_port(), free_port()
+        port, admin_port = free_ports(2)
         config_path = workdir / f"hfgate-{name}-{attempt}.toml"
         audit_path = workdir / f"audit-{name}-{attempt}.jsonl"
         config_path.write_text(render(port, admin_port, audit_path))
