@@ -288,16 +288,12 @@ async fn slow_header_senders_are_cut_and_oversized_headers_get_431() {
 async fn a_client_leaving_mid_stream_and_an_upstream_resetting_are_both_recorded() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // An upstream that sends part of a chunked body and then drops the connection.
-    let broken = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let broken_addr = broken.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut socket, _)) = broken.accept().await {
-            let mut buf = [0u8; 4096];
-            let _ = socket.read(&mut buf).await;
-            let _ = socket.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n").await;
-            drop(socket);
-        }
-    });
+    let broken_addr = common::raw_upstream(|mut socket| async move {
+        let mut buf = [0u8; 4096];
+        let _ = socket.read(&mut buf).await;
+        let _ = socket.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n").await;
+    })
+    .await;
     let stack = Stack::start_with(Options {
         chunk_delay: Duration::from_millis(200),
         tail: format!("[[route]]\nname = \"broken\"\npath = \"/broken\"\nupstream = \"http://{broken_addr}\"\n"),

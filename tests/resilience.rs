@@ -192,24 +192,17 @@ async fn jwks_garbage_is_named_in_the_log_and_the_last_good_keys_are_kept() {
 #[tokio::test]
 async fn an_upstream_resetting_or_speaking_garbage_before_its_headers_is_502() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let resetting = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let garbage = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let (reset_addr, garbage_addr) = (resetting.local_addr().expect("addr"), garbage.local_addr().expect("addr"));
-    tokio::spawn(async move {
-        while let Ok((socket, _)) = resetting.accept().await {
-            let mut socket = socket;
-            let _ = socket.read(&mut [0u8; 4096]).await;
-            // Linger 0: close with RST rather than FIN.
-            let _ = socket.set_zero_linger();
-            drop(socket);
-        }
-    });
-    tokio::spawn(async move {
-        while let Ok((mut socket, _)) = garbage.accept().await {
-            let _ = socket.read(&mut [0u8; 4096]).await;
-            let _ = socket.write_all(b"SSH-2.0-OpenSSH_9.2\r\n\r\n").await;
-        }
-    });
+    let reset_addr = common::raw_upstream(|mut socket| async move {
+        let _ = socket.read(&mut [0u8; 4096]).await;
+        // Linger 0: close with RST rather than FIN.
+        let _ = socket.set_zero_linger();
+    })
+    .await;
+    let garbage_addr = common::raw_upstream(|mut socket| async move {
+        let _ = socket.read(&mut [0u8; 4096]).await;
+        let _ = socket.write_all(b"SSH-2.0-OpenSSH_9.2\r\n\r\n").await;
+    })
+    .await;
     let stack = Stack::start_with(Options {
         tail: route_table("reset", "/reset/", reset_addr, "") + &route_table("garbage", "/garbage/", garbage_addr, ""),
         ..Options::default()
@@ -345,24 +338,21 @@ async fn a_connection_the_upstream_closed_is_not_reused() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::AsyncWriteExt;
     for announced in [true, false] {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
         let accepted = std::sync::Arc::new(AtomicUsize::new(0));
         let counter = accepted.clone();
-        tokio::spawn(async move {
-            while let Ok((mut socket, _)) = listener.accept().await {
-                counter.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    if common::read_request_head(&mut socket).await.is_none() {
-                        return;
-                    }
-                    let close = if announced { "Connection: close\r\n" } else { "" };
-                    let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n{close}\r\nok");
-                    let _ = socket.write_all(answer.as_bytes()).await;
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                });
+        let addr = common::raw_upstream(move |mut socket| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if common::read_request_head(&mut socket).await.is_none() {
+                    return;
+                }
+                let close = if announced { "Connection: close\r\n" } else { "" };
+                let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n{close}\r\nok");
+                let _ = socket.write_all(answer.as_bytes()).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
-        });
+        })
+        .await;
         let stack =
             Stack::start_with(Options { tail: route_table("once", "/once/", addr, ""), ..Options::default() }).await;
         let token = stack.token("alice");
@@ -380,30 +370,25 @@ async fn a_connection_the_upstream_closed_is_not_reused() {
 #[tokio::test]
 async fn a_connection_still_uploading_does_not_hold_up_the_next_request() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                // Answer every request head at once and keep reading (and ignoring) whatever follows.
-                let mut seen = Vec::new();
-                let mut buf = [0u8; 4096];
-                loop {
-                    match socket.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => seen.extend_from_slice(&buf[..n]),
-                    }
-                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
-                        seen.drain(..end + 4);
-                        let _ = socket.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
-                    }
-                    if seen.len() > 64 * 1024 {
-                        seen.clear();
-                    }
-                }
-            });
+    // Answers every request head at once and keeps reading (and ignoring) whatever follows.
+    let addr = common::raw_upstream(|mut socket| async move {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match socket.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+            while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                seen.drain(..end + 4);
+                let _ = socket.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+            }
+            if seen.len() > 64 * 1024 {
+                seen.clear();
+            }
         }
-    });
+    })
+    .await;
     let stack =
         Stack::start_with(Options { tail: route_table("early", "/early/", addr, ""), ..Options::default() }).await;
     let token = stack.token("alice");

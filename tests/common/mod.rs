@@ -522,6 +522,23 @@ fn discovery_doc(issuer: &str) -> Value {
     })
 }
 
+/// A scripted upstream speaking raw TCP: every accepted connection is handed to `serve` on a task of its
+/// own. Returns the address to route to.
+pub async fn raw_upstream<F, Fut>(serve: F) -> SocketAddr
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind raw upstream");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            tokio::spawn(serve(socket));
+        }
+    });
+    addr
+}
+
 /// Reads from `socket` until the end of a request head (at most 64 KiB); `None` if it closes or errs first.
 pub async fn read_request_head(socket: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
     use tokio::io::AsyncReadExt;
