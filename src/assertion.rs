@@ -64,6 +64,11 @@ impl AssertionSigner {
         json!({ "keys": [self.key.public_jwk()] })
     }
 
+    /// Assertions held by the cache.
+    pub fn cached_assertions(&self) -> usize {
+        self.cache.len()
+    }
+
     pub fn kid(&self) -> &str {
         self.key.kid()
     }

@@ -248,6 +248,11 @@ impl Authenticator {
         self.issuers.iter().map(|keys| tokio::spawn(keys.clone().run_refresh())).collect()
     }
 
+    /// Verified tokens held by the cache.
+    pub fn cached_tokens(&self) -> usize {
+        self.cache.len()
+    }
+
     /// Ready once every issuer's keys have loaded.
     pub fn ready(&self) -> bool {
         self.issuers.iter().all(|k| k.is_loaded())

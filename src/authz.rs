@@ -666,6 +666,11 @@ impl Authorizer {
         &self.policy_hash
     }
 
+    /// Decisions held by the cache (none when it is off).
+    pub fn cached_decisions(&self) -> usize {
+        self.cache.as_ref().map_or(0, ExpiringCache::len)
+    }
+
     /// How many times Cedar evaluated a question (decisions not answered by the cache).
     #[doc(hidden)]
     pub fn evaluations(&self) -> u64 {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -64,6 +65,11 @@ struct ExchangeResult {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CacheLabel {
+    cache: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SessionEvent {
     event: &'static str,
 }
@@ -77,6 +83,7 @@ pub struct Metrics {
     opaque_checks: Family<IssuerResult, Counter>,
     credential_exchanges: Family<ExchangeResult, Counter>,
     sessions: Family<SessionEvent, Counter>,
+    cache_entries: Family<CacheLabel, Gauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -125,6 +132,12 @@ impl Metrics {
             "Browser sessions: signed_in, sign_in_failed, refreshed, refresh_failed, refresh_unavailable, signed_out",
             sessions.clone(),
         );
+        let cache_entries = Family::<CacheLabel, Gauge>::default();
+        registry.register(
+            "cache_entries",
+            "Entries held by the request path's caches (tokens, assertions, decisions), expired ones not yet swept included",
+            cache_entries.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -134,6 +147,7 @@ impl Metrics {
             opaque_checks,
             credential_exchanges,
             sessions,
+            cache_entries,
         }
     }
 
@@ -165,6 +179,11 @@ impl Metrics {
 
     pub fn session(&self, event: &'static str) {
         self.sessions.get_or_create(&SessionEvent { event }).inc();
+    }
+
+    /// Sets a cache's entry count; read from the caches when the metrics are scraped, not per request.
+    pub fn cache_entries(&self, cache: &'static str, entries: usize) {
+        self.cache_entries.get_or_create(&CacheLabel { cache }).set(i64::try_from(entries).unwrap_or(i64::MAX));
     }
 
     /// The Prometheus text exposition.

@@ -268,6 +268,9 @@ async fn readyz(State(gateway): State<Arc<Gateway>>) -> Response {
 }
 
 async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
+    gateway.metrics.cache_entries("tokens", gateway.authn.cached_tokens());
+    gateway.metrics.cache_entries("assertions", gateway.signer.cached_assertions());
+    gateway.metrics.cache_entries("decisions", gateway.authz.cached_decisions());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], gateway.metrics.render()).into_response()
 }
 

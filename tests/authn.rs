@@ -314,3 +314,22 @@ async fn workloads_and_users_are_told_apart() {
     assert!(kinds.contains(&("ci-bot", "workload")), "{kinds:?}");
     assert!(kinds.contains(&("alice", "user")), "{kinds:?}");
 }
+
+#[tokio::test]
+async fn cache_sizes_are_in_the_metrics() {
+    let stack = Stack::start().await;
+    let (alice, bob) = (stack.token("alice"), stack.token("bob"));
+    for token in [&alice, &alice, &bob] {
+        assert_eq!(stack.get("/tgi/echo", Some(token)).await.status, StatusCode::OK);
+    }
+    // A refused token is not kept.
+    assert_eq!(stack.get("/tgi/echo", Some(&format!("{bob}x"))).await.status, StatusCode::UNAUTHORIZED);
+    let metrics = stack.send(Request::get(stack.admin_url("/metrics")).body(Body::empty()).expect("req")).await.text();
+    for line in [
+        "hfgate_cache_entries{cache=\"tokens\"} 2\n",
+        "hfgate_cache_entries{cache=\"assertions\"} 2\n",
+        "hfgate_cache_entries{cache=\"decisions\"} ",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from\n{metrics}");
+    }
+}

@@ -96,6 +96,8 @@ fn callers_the_policies_cannot_tell_apart_share_one_decision() {
     // Other groups: asked anew.
     assert!(!gate.allows(&carol, "GET", "/gen/x"));
     assert_eq!(gate.authz.evaluations(), 2);
+    // What the metrics report: two decisions held, one per group set.
+    assert_eq!(gate.authz.cached_decisions(), 2);
 }
 
 /// Groups repeated in a token are one group to Cedar too (they share a key with the set).
@@ -106,6 +108,7 @@ fn repeated_groups_are_one_group_to_the_policies() {
     assert!(gate.allows(&bob, "GET", "/gen/x"));
     assert!(gate.allows(&bob, "GET", "/gen/x"));
     assert_eq!(gate.authz.evaluations(), 2, "decision_cache = false evaluates every time");
+    assert_eq!(gate.authz.cached_decisions(), 0);
 }
 
 /// A `users = [...]` rule reads the subject and email: callers in the same groups are then told apart.

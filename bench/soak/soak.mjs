@@ -150,6 +150,18 @@ function get(port, urlPath) {
   });
 }
 
+const CACHES = ['tokens', 'assertions', 'decisions'];
+
+/** `hfgate_cache_entries` by cache, from a metrics scrape ("-" when it could not be read). */
+function cacheEntries(metrics) {
+  const entries = {};
+  for (const name of CACHES) {
+    const match = new RegExp(`^hfgate_cache_entries\\{cache="${name}"\\} (\\d+)$`, 'm').exec(metrics);
+    entries[name] = match ? Number(match[1]) : '-';
+  }
+  return entries;
+}
+
 function rssKib(pid) {
   try {
     const status = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
@@ -551,13 +563,16 @@ async function main() {
   const cpuAtStart = { hfgate: cpuSeconds(pid), load: process.cpuUsage() };
   const started = Date.now();
   const deadline = started + DURATION_MS;
-  const sample = () => {
+  const sample = async () => {
     const lagMs = lag.max / 1e6;
     lagMaxMs = Math.max(lagMaxMs, lagMs);
     lag.reset();
-    rss.push({ t: (Date.now() - started) / 1000, kib: rssKib(pid), requests: tally.total, unexpected: tally.unexpected, lagMs });
+    const row = { t: (Date.now() - started) / 1000, kib: rssKib(pid), requests: tally.total, unexpected: tally.unexpected, lagMs };
+    rss.push(row);
+    // What the per-token caches hold, next to the memory: their steady size is most of the warm-up.
+    row.caches = cacheEntries((await get(adminPort, '/metrics')).body);
   };
-  sample();
+  await sample();
   const sampler = setInterval(sample, SAMPLE_EVERY_MS);
   const progress = setInterval(() => {
     const last = rss[rss.length - 1];
@@ -578,7 +593,7 @@ async function main() {
   const loadCpu = (loadUsage.user + loadUsage.system) / 1e6 / loadSeconds;
   clearInterval(sampler);
   clearInterval(progress);
-  sample();
+  await sample();
   if (hfgateExit !== null) violations.push(`hfgate exited during the soak: ${JSON.stringify(hfgateExit)}`);
 
   // Metrics before the stop: hfgate's own request count.
@@ -699,13 +714,14 @@ async function main() {
   out.push(`| hfgate VmRSS: start / after warm-up (${afterWarmup.t.toFixed(0)} s) / last / peak | ${mib(measured[0].kib)} / ${mib(afterWarmup.kib)} / ${mib(last.kib)} / ${mib(peak)} |`);
   out.push(`| memory after warm-up: growth, trend | ${growth >= 0 ? '+' : ''}${mib(growth)} (allowed ${mib(allowance)}): ${memoryVerdict}; ${slope >= 0 ? '+' : ''}${(slope / 1024).toFixed(2)} MiB/min |`);
   out.push('');
-  out.push('| t (s) | requests | unexpected | hfgate VmRSS | load process: longest event-loop delay since the last row |');
-  out.push('|---:|---:|---:|---:|---:|');
+  out.push('| t (s) | requests | unexpected | hfgate VmRSS | cached tokens / assertions / decisions | load process: longest event-loop delay since the last row |');
+  out.push('|---:|---:|---:|---:|---:|---:|');
   const every = Math.max(1, Math.round(60_000 / SAMPLE_EVERY_MS));
   measured.forEach((s, i) => {
     if (i % every === 0 || i === measured.length - 1) {
       const since = measured.slice(Math.max(0, i - every + 1), i + 1).reduce((m, x) => Math.max(m, x.lagMs), 0);
-      out.push(`| ${s.t.toFixed(0)} | ${s.requests} | ${s.unexpected} | ${mib(s.kib)} | ${since.toFixed(0)} ms |`);
+      const caches = CACHES.map((name) => s.caches?.[name] ?? '-').join(' / ');
+      out.push(`| ${s.t.toFixed(0)} | ${s.requests} | ${s.unexpected} | ${mib(s.kib)} | ${caches} | ${since.toFixed(0)} ms |`);
     }
   });
   if (warnings.size) {
@@ -723,7 +739,8 @@ async function main() {
   out.push(violations.length ? `**FAILED**: ${violations.length} violation(s):` : passed);
   for (const v of violations) out.push(`- ${v}`);
   process.stdout.write(`${out.join('\n')}\n`);
-  fs.writeFileSync(path.join(WORK, 'rss.tsv'), `t_s\tvmrss_kib\trequests\n${measured.map((s) => `${s.t.toFixed(1)}\t${s.kib}\t${s.requests}`).join('\n')}\n`);
+  const cacheColumns = (s) => CACHES.map((name) => s.caches?.[name] ?? '-').join('\t');
+  fs.writeFileSync(path.join(WORK, 'rss.tsv'), `t_s\tvmrss_kib\trequests\t${CACHES.map((c) => `cached_${c}`).join('\t')}\n${measured.map((s) => `${s.t.toFixed(1)}\t${s.kib}\t${s.requests}\t${cacheColumns(s)}`).join('\n')}\n`);
   process.exit(violations.length ? 1 : 0);
 }
 
