@@ -5,7 +5,7 @@ set -euo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(dirname "$BENCH_DIR")
-ALL_TARGETS=(direct nginx haproxy-rs256 hfgate-rs256 hfgate-5rules hfgate-500rules haproxy-es256 hfgate-es256
+ALL_TARGETS=(direct nginx bare haproxy-rs256 hfgate-rs256 hfgate-5rules hfgate-500rules haproxy-es256 hfgate-es256
   haproxy-rs256-distinct hfgate-rs256-distinct haproxy-es256-distinct hfgate-es256-distinct)
 # The rule targets: hfgate-rs256's configuration plus 40 more routes and this many [[allow]]/[[deny]] rules.
 # hfgate-5rules is the full pipeline (authentication, a Cedar decision, the audit line, metrics) that the
@@ -20,7 +20,9 @@ Usage: bench/run.sh [--quick] [--build] [--targets LIST] [--help]
 
 Measures, in one run, requests/s and p50/p99 latency of:
   direct          the fast upstream (nginx returning a small JSON body), no proxy
-  nginx           nginx as a plain reverse proxy (no authentication)
+  nginx           nginx as a plain reverse proxy (no authentication; the token is passed on)
+  bare            hfgate's HTTP path with none of its work (examples/bare_proxy.rs): same runtime, server
+                  and upstream connections, no token check, decision, audit or header rewriting
   haproxy-rs256   HAProxy 2.6 checking an RS256 JWT with jwt_verify
   haproxy-es256   HAProxy 2.6 checking an ES256 JWT with jwt_verify
   hfgate-rs256    hfgate checking the same RS256 JWT
@@ -48,6 +50,7 @@ Environment (defaults in brackets):
   BENCH_DISTINCT_TOKENS [20000 x (warm-up + duration in s), at least 20000]
   BENCH_TOKEN_CACHE [bench/.token-cache; "off": make keys and tokens in the work directory each run]
   BENCH_WORKDIR [bench/.work]  HFGATE_BIN [target/release/hfgate]
+  BARE_BIN [target/release/examples/bare_proxy]
 Output: a markdown table on stdout and in bench/results/latest.md.
 EOF
 }
@@ -95,6 +98,7 @@ LOAD_CPU=${BENCH_LOAD_CPU:-1}
 PORT_BASE=$(count BENCH_PORT_BASE "${BENCH_PORT_BASE:-18400}")
 WORK=${BENCH_WORKDIR:-$BENCH_DIR/.work}
 HFGATE=${HFGATE_BIN:-$REPO/target/release/hfgate}
+BARE=${BARE_BIN:-$REPO/target/release/examples/bare_proxy}
 RESULTS_DIR=$BENCH_DIR/results
 # Enough distinct tokens for 20,000 requests/s over the warm-up and the measurement of one target
 # (signing them takes about 30 s on two idle cores for a full run); never fewer than the 20,000 asked for.
@@ -116,7 +120,7 @@ fi
 wants() { [[ " ${TARGETS[*]} " == *" $1"* ]]; } # a prefix: wants haproxy / wants hfgate
 target_stem() { # the token algorithm of a target: rs256, es256, or nothing
   case "$1" in
-    *rs256* | hfgate-*rules) echo rs256 ;;
+    *rs256* | hfgate-*rules | nginx | bare) echo rs256 ;;
     *es256*) echo es256 ;;
   esac
 }
@@ -179,6 +183,15 @@ if wants hfgate; then
     log "warning: $HFGATE is older than the sources; measuring it anyway (use --build to rebuild)"
   fi
   [[ $HFGATE_STATUS == ok ]] || log "hfgate targets skipped: ${HFGATE_STATUS#skip:}"
+fi
+BARE_STATUS=ok # ok | skip:<reason>
+if wants bare; then
+  if ((BUILD)) && [[ -z ${BARE_BIN:-} ]] && { [[ ! -x $BARE ]] || [[ -n $(find "$REPO/src" "$REPO/examples" "$REPO/Cargo.toml" -newer "$BARE" -print -quit 2>/dev/null) ]]; }; then
+    log "building the bare proxy (cargo build --release --example bare_proxy)"
+    (cd "$REPO" && cargo build --release --example bare_proxy) || die "cargo build --release --example bare_proxy failed"
+  fi
+  [[ -x $BARE ]] || BARE_STATUS="skip:no binary at $BARE (run 'cargo build --release --example bare_proxy' or pass --build)"
+  [[ $BARE_STATUS == ok ]] || log "bare target skipped: ${BARE_STATUS#skip:}"
 fi
 
 # ---------------------------------------------------------------- processes
@@ -345,6 +358,7 @@ fi
 next_port; UPSTREAM_PORT=$PORT
 next_port; JWKS_PORT=$PORT
 next_port; NGINX_PORT=$PORT
+next_port; BARE_PORT=$PORT
 declare -A HAPROXY_PORT=()
 next_port; HAPROXY_PORT[rs256]=$PORT
 next_port; HAPROXY_PORT[es256]=$PORT
@@ -403,7 +417,7 @@ log_tail() { tail -n "${2:-5}" "$RUN/$1.log" 2>/dev/null | tr '\n' ' ' || true; 
 start_target() { # sets TARGET_PID TARGET_URL TARGET_TOKEN_STEM TARGET_TOKENS
   local target=$1 rc=0
   TARGET_PID="" TARGET_TOKEN_STEM="" TARGET_TOKENS=""
-  if [[ $target == haproxy-* || $target == hfgate-* ]]; then
+  if [[ $target != direct ]]; then
     TARGET_TOKEN_STEM=$(target_stem "$target")
     TARGET_TOKENS=fixed
     [[ $target != *-distinct ]] || TARGET_TOKENS=distinct
@@ -421,6 +435,16 @@ start_target() { # sets TARGET_PID TARGET_URL TARGET_TOKEN_STEM TARGET_TOKENS
       case $rc in
         1) FAIL_MSG="nginx did not answer 200 within 10 s"; return 1 ;;
         2) FAIL_MSG="nginx exited during start-up: $(log_tail "$target") $(tail -n 3 "$RUN/proxy-nginx.error.log" 2>/dev/null)"; return 1 ;;
+      esac
+      ;;
+    bare)
+      start_bg "$target" "$PROXY_CPU" "$BARE" "127.0.0.1:$BARE_PORT" "127.0.0.1:$UPSTREAM_PORT"
+      TARGET_PID=$LAST_PID
+      TARGET_URL="http://127.0.0.1:$BARE_PORT/"
+      wait_http "$TARGET_PID" "$TARGET_URL" 10 || rc=$?
+      case $rc in
+        1) FAIL_MSG="the bare proxy did not answer 200 within 10 s"; return 1 ;;
+        2) FAIL_MSG="the bare proxy exited during start-up: $(log_tail "$target")"; return 1 ;;
       esac
       ;;
     haproxy-*)
@@ -486,6 +510,11 @@ check_target() { # check_target TARGET
   local target=$1 stem=$TARGET_TOKEN_STEM kind
   if [[ -z $stem ]]; then
     expect "no auth" 200
+    return
+  fi
+  if [[ $target == nginx || $target == bare ]]; then
+    # They check nothing: the token makes their requests the same as everyone else's.
+    expect "token passed through" 200 "$stem-valid"
     return
   fi
   expect "valid token" 200 "$stem-valid" || return 1
@@ -572,6 +601,10 @@ measure() { # measure ROUND TARGET
   local round=$1 target=$2
   if [[ $target == hfgate-* && $HFGATE_STATUS != ok ]]; then
     record "$round" "$target" skipped "${HFGATE_STATUS#skip:}"
+    return 0
+  fi
+  if [[ $target == bare && $BARE_STATUS != ok ]]; then
+    record "$round" "$target" skipped "${BARE_STATUS#skip:}"
     return 0
   fi
   log "round $round: $target"

@@ -11,7 +11,7 @@ import csv
 import statistics
 import sys
 
-ORDER = ["direct", "nginx", "haproxy-rs256", "haproxy-es256", "hfgate-rs256", "hfgate-es256",
+ORDER = ["direct", "nginx", "bare", "haproxy-rs256", "haproxy-es256", "hfgate-rs256", "hfgate-es256",
          "hfgate-5rules", "hfgate-500rules", "haproxy-rs256-distinct", "hfgate-rs256-distinct",
          "haproxy-es256-distinct", "hfgate-es256-distinct"]
 RULE_TARGETS = ("hfgate-5rules", "hfgate-500rules")
@@ -124,6 +124,8 @@ def main():
     # (subject, other, headline): the project's targets in bold, then what explains them.
     candidates = [(t[1], t[2], True) for t in TARGETS if t[3] == "rps"] + [
         (FULL, "direct", False),
+        ("bare", "nginx", False),  # the stack alone: the most hfgate's own code could reach
+        (FULL, "bare", False),  # what hfgate's work costs on top of its stack
         (FULL, "hfgate-rs256", False),  # what the decision (and 40 more routes) costs
         ("hfgate-500rules", "haproxy-rs256", False),
         ("hfgate-rs256", "haproxy-rs256", False),  # authentication only, no policy

@@ -669,16 +669,21 @@ async function main() {
   const flat = growth <= allowance;
   if (JUDGE_MEMORY && !flat) violations.push(`memory grew ${mib(growth)} after the warm-up (allowed ${mib(allowance)})`);
   const memoryVerdict = !JUDGE_MEMORY ? 'not judged (run shorter than 5 min)' : flat ? 'flat' : 'GROWING';
+  // Least-squares KiB per minute over some samples.
+  const trend = (samples) => {
+    const n = samples.length;
+    if (n < 2) return 0;
+    const mt = samples.reduce((a, s) => a + s.t, 0) / n;
+    const mk = samples.reduce((a, s) => a + s.kib, 0) / n;
+    const cov = samples.reduce((a, s) => a + (s.t - mt) * (s.kib - mk), 0);
+    const vt = samples.reduce((a, s) => a + (s.t - mt) ** 2, 0);
+    return vt ? (cov / vt) * 60 : 0;
+  };
   const steady = measured.filter((s) => s.t >= afterWarmup.t);
-  let slope = 0;
-  if (steady.length >= 2) {
-    const n = steady.length;
-    const mt = steady.reduce((a, s) => a + s.t, 0) / n;
-    const mk = steady.reduce((a, s) => a + s.kib, 0) / n;
-    const cov = steady.reduce((a, s) => a + (s.t - mt) * (s.kib - mk), 0);
-    const vt = steady.reduce((a, s) => a + (s.t - mt) ** 2, 0);
-    slope = vt ? (cov / vt) * 60 : 0; // KiB per minute
-  }
+  const slope = trend(steady);
+  // The allocator settles after the caches do: the second half says whether growth goes on.
+  const secondHalf = steady.filter((s) => s.t >= (afterWarmup.t + last.t) / 2);
+  const lateSlope = trend(secondHalf);
 
   // ---- report
   const out = [];
@@ -712,7 +717,8 @@ async function main() {
   out.push(`| CPU during the load: hfgate / this load process (IdP, upstream, clients) | ${(hfgateCpu * 100).toFixed(0)} % / ${(loadCpu * 100).toFixed(0)} % of a core |`);
   out.push(`| hfgate exit after SIGTERM | ${exit ? (exit.code !== null ? `code ${exit.code}` : exit.signal) : 'none'} |`);
   out.push(`| hfgate VmRSS: start / after warm-up (${afterWarmup.t.toFixed(0)} s) / last / peak | ${mib(measured[0].kib)} / ${mib(afterWarmup.kib)} / ${mib(last.kib)} / ${mib(peak)} |`);
-  out.push(`| memory after warm-up: growth, trend | ${growth >= 0 ? '+' : ''}${mib(growth)} (allowed ${mib(allowance)}): ${memoryVerdict}; ${slope >= 0 ? '+' : ''}${(slope / 1024).toFixed(2)} MiB/min |`);
+  const perMinute = (kib) => `${kib >= 0 ? '+' : ''}${(kib / 1024).toFixed(2)} MiB/min`;
+  out.push(`| memory after warm-up: growth, trend (whole / second half) | ${growth >= 0 ? '+' : ''}${mib(growth)} (allowed ${mib(allowance)}): ${memoryVerdict}; ${perMinute(slope)} / ${perMinute(lateSlope)} from ${secondHalf[0]?.t.toFixed(0) ?? '-'} s |`);
   out.push('');
   out.push('| t (s) | requests | unexpected | hfgate VmRSS | cached tokens / assertions / decisions | load process: longest event-loop delay since the last row |');
   out.push('|---:|---:|---:|---:|---:|---:|');
