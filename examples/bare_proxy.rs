@@ -35,7 +35,7 @@ async fn serve(listen: &str, upstream: Authority) -> anyhow::Result<()> {
     let graceful = GracefulShutdown::new();
     loop {
         let (stream, _) = listener.accept().await?;
-        stream.set_nodelay(true)?;
+        let _ = stream.set_nodelay(true);
         let pool = pool.clone();
         let service = hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
             let pool = pool.clone();
