@@ -718,7 +718,7 @@ async function main() {
   out.push(`| hfgate exit after SIGTERM | ${exit ? (exit.code !== null ? `code ${exit.code}` : exit.signal) : 'none'} |`);
   out.push(`| hfgate VmRSS: start / after warm-up (${afterWarmup.t.toFixed(0)} s) / last / peak | ${mib(measured[0].kib)} / ${mib(afterWarmup.kib)} / ${mib(last.kib)} / ${mib(peak)} |`);
   const perMinute = (kib) => `${kib >= 0 ? '+' : ''}${(kib / 1024).toFixed(2)} MiB/min`;
-  out.push(`| memory after warm-up: growth, trend (whole / second half) | ${growth >= 0 ? '+' : ''}${mib(growth)} (allowed ${mib(allowance)}): ${memoryVerdict}; ${perMinute(slope)} / ${perMinute(lateSlope)} from ${secondHalf[0]?.t.toFixed(0) ?? '-'} s |`);
+  out.push(`| memory after warm-up: growth, trend (whole / second half) | ${growth >= 0 ? '+' : ''}${mib(growth)} (allowed ${mib(allowance)}): ${memoryVerdict}; ${perMinute(slope)} / ${secondHalf.length >= 3 ? `${perMinute(lateSlope)} from ${secondHalf[0].t.toFixed(0)} s` : '- (too few samples)'} |`);
   out.push('');
   out.push('| t (s) | requests | unexpected | hfgate VmRSS | cached tokens / assertions / decisions | load process: longest event-loop delay since the last row |');
   out.push('|---:|---:|---:|---:|---:|---:|');
