@@ -39,7 +39,8 @@ Distinct tokens: BENCH_DISTINCT_TOKENS per algorithm, kept in \$BENCH_TOKEN_CACH
 
 Options:
   --quick         short smoke run (1 s warm-up, 3 s measurement) unless the env overrides
-  --build         run 'cargo build --release' first when the hfgate binary is missing or older than src/
+  --build         build hfgate (cargo build --release) and the bare proxy (--example bare_proxy) first
+                  when missing or older than their sources
   --targets LIST  comma-separated subset of: ${ALL_TARGETS[*]}
 
 Environment (defaults in brackets):
@@ -165,12 +166,14 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 # ---------------------------------------------------------------- hfgate binary
 
 HFGATE_STATUS=ok # ok | skip:<reason>
-hfgate_stale() {
-  [[ ! -x $HFGATE ]] && return 0
-  [[ -n $(find "$REPO/src" "$REPO/Cargo.toml" "$REPO/Cargo.lock" -newer "$HFGATE" -print -quit 2>/dev/null) ]]
+stale() { # stale BINARY [MORE_SOURCES...]: missing, or older than the sources it is built from
+  local binary=$1
+  shift
+  [[ ! -x $binary ]] && return 0
+  [[ -n $(find "$REPO/src" "$REPO/Cargo.toml" "$REPO/Cargo.lock" "$@" -newer "$binary" -print -quit 2>/dev/null) ]]
 }
 if wants hfgate; then
-  if ((BUILD)) && [[ -z ${HFGATE_BIN:-} ]] && hfgate_stale; then
+  if ((BUILD)) && [[ -z ${HFGATE_BIN:-} ]] && stale "$HFGATE"; then
     command -v cargo >/dev/null 2>&1 || die "--build needs cargo on PATH"
     log "building hfgate (cargo build --release)"
     (cd "$REPO" && cargo build --release) || die "cargo build --release failed"
@@ -179,14 +182,14 @@ if wants hfgate; then
     HFGATE_STATUS="skip:no binary at $HFGATE (run 'cargo build --release' or pass --build)"
   elif ! [[ $("$HFGATE" --help 2>&1 || true) =~ (^|[[:space:]])serve[[:space:]] ]]; then
     HFGATE_STATUS="skip:'$HFGATE --help' lists no 'serve' subcommand"
-  elif hfgate_stale; then
+  elif stale "$HFGATE"; then
     log "warning: $HFGATE is older than the sources; measuring it anyway (use --build to rebuild)"
   fi
   [[ $HFGATE_STATUS == ok ]] || log "hfgate targets skipped: ${HFGATE_STATUS#skip:}"
 fi
 BARE_STATUS=ok # ok | skip:<reason>
 if wants bare; then
-  if ((BUILD)) && [[ -z ${BARE_BIN:-} ]] && { [[ ! -x $BARE ]] || [[ -n $(find "$REPO/src" "$REPO/examples" "$REPO/Cargo.toml" -newer "$BARE" -print -quit 2>/dev/null) ]]; }; then
+  if ((BUILD)) && [[ -z ${BARE_BIN:-} ]] && stale "$BARE" "$REPO/examples"; then
     log "building the bare proxy (cargo build --release --example bare_proxy)"
     (cd "$REPO" && cargo build --release --example bare_proxy) || die "cargo build --release --example bare_proxy failed"
   fi
